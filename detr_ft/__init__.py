@@ -1,0 +1,1 @@
+"""detr-ft: fine-tune DETR object detectors with static shapes on HPU, CUDA and CPU."""

@@ -1,0 +1,102 @@
+"""Command-line arguments: our dataclasses next to transformers' TrainingArguments, read by HfArgumentParser."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser, TrainingArguments
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str = field(
+        default="cppe-5", metadata={"help": "Hub dataset (CPPE-5 layout); unused with --dataset_dir."}
+    )
+    dataset_dir: str | None = field(
+        default=None, metadata={"help": "COCO-format folder: images/ and annotations/<split>.json."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Training split (json file name without .json)."})
+    eval_split: str = field(
+        default="validation", metadata={"help": "Evaluation split; carved from train when it does not exist."}
+    )
+    train_val_split: float = field(default=0.15, metadata={"help": "Fraction of train carved off for evaluation."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Images are resized to fit image_size x image_size; default: 800, or the preset's."},
+    )
+    augment: bool = field(default=True, metadata={"help": "Flip, colour jitter and bbox-safe crop on train."})
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="facebook/detr-resnet-50",
+        metadata={"help": "Hub id, local HF directory, or a preset in detr_ft/presets (e.g. detr-tiny)."},
+    )
+    model_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision; facebook/detr-resnet-* default to no_timm (no timm needed)."}
+    )
+    backbone_lr: float | None = field(
+        default=None,
+        metadata={"help": "Backbone learning rate: 1e-5 for pretrained models, learning_rate for presets."},
+    )
+    freeze_backbone: bool = field(default=False, metadata={"help": "Train no backbone parameter."})
+
+
+@dataclass
+class StaticShapeArguments:
+    pad_images: bool = field(default=False, metadata={"help": "Pad every image to image_size x image_size."})
+    pad_objects: bool = field(default=False, metadata={"help": "Pad per-image targets to bucket sizes."})
+    num_buckets: int = field(default=1, metadata={"help": "Target bucket count with --pad_objects; 0 = no padding."})
+    ckpt_store_interval_epochs: int = field(
+        default=1, metadata={"help": "Save a checkpoint and evaluate mAP every N epochs."}
+    )
+    deterministic: bool = field(default=False, metadata={"help": "Full determinism (transformers full_determinism)."})
+
+    @property
+    def buckets_on(self) -> bool:
+        return self.pad_objects and self.num_buckets > 0
+
+
+@dataclass
+class DeviceArguments:
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or hpu."})
+    use_habana: bool = field(default=False, metadata={"help": "Train on Gaudi (HPU) with optimum-habana."})
+    use_lazy_mode: bool = field(default=False, metadata={"help": "HPU lazy mode (PT_HPU_LAZY_MODE=1); eager when off."})
+    gaudi_config_name: str | None = field(
+        default=None, metadata={"help": "GaudiConfig hub id or json; default: fused AdamW, fused clip, autocast."}
+    )
+    use_hpu_graphs_for_training: bool = field(default=False, metadata={"help": "Wrap training in HPU graphs."})
+    use_hpu_graphs_for_inference: bool = field(default=False, metadata={"help": "Wrap evaluation in HPU graphs."})
+    throughput_warmup_steps: int = field(default=0, metadata={"help": "Steps left out of the throughput (HPU)."})
+    autocast: bool = field(default=False, metadata={"help": "bf16 autocast (the seed's --autocast); same as --bf16."})
+
+
+TRAINING_DEFAULTS = {
+    "output_dir": "outputs/detr-ft",
+    "learning_rate": 1e-4,
+    "weight_decay": 1e-4,
+    "max_grad_norm": 0.1,
+    "num_train_epochs": 50,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "logging_steps": 10,
+    "report_to": ["tensorboard"],
+    # A finite-loss filter reads the loss on the host every step: it would cut the HPU graph.
+    "logging_nan_inf_filter": False,
+}
+
+ALL_ARGUMENTS = (ModelArguments, DataArguments, StaticShapeArguments, DeviceArguments, TrainingArguments)
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple:
+    """Parse the command line, or a single JSON file given as the only argument."""
+    parser = HfArgumentParser(ALL_ARGUMENTS)
+    parser.set_defaults(**TRAINING_DEFAULTS)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_dict({**TRAINING_DEFAULTS, **json.loads(Path(argv[0]).read_text())})
+    return parser.parse_args_into_dataclasses(argv)

@@ -1,0 +1,68 @@
+"""Trainer callbacks: the mAP history written at every checkpoint interval."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+HISTORY_FILE = "eval_history.json"
+TABLE_KEYS = ("map", "map_50", "map_75")
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write to a temporary file and rename it over `path`: a crash never leaves half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2))
+    os.replace(temporary, path)
+
+
+def read_history(output_dir: str | Path) -> list[dict]:
+    path = Path(output_dir) / HISTORY_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def format_table(history: list[dict]) -> str:
+    lines = [f"{'epoch':>7} {'step':>7} " + " ".join(f"{k:>7}" for k in TABLE_KEYS)]
+    for record in history:
+        metrics = record["metrics"]
+        lines.append(f"{record['epoch']:>7.2f} {record['step']:>7d} "
+                     + " ".join(f"{metrics.get(k, float('nan')):>7.4f}" for k in TABLE_KEYS))
+    return "\n".join(lines)
+
+
+class MapHistoryCallback(TrainerCallback):
+    """Appends one record per evaluation to `<output_dir>/eval_history.json`: epoch, step, checkpoint, metrics.
+
+    Evaluation runs at every checkpoint interval, just before the checkpoint of the same step is saved, so the
+    record names that checkpoint. On resume, records past the resumed step (from a run that crashed before
+    saving their checkpoint) are dropped, so the history equals an uninterrupted run's.
+    """
+
+    def __init__(self, output_dir: str | Path, metric_prefix: str = "eval_"):
+        self.path = Path(output_dir) / HISTORY_FILE
+        self.metric_prefix = metric_prefix
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.exists():
+            kept = [r for r in read_history(self.path.parent) if r["step"] <= state.global_step]
+            write_json_atomic(self.path, kept)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero or not metrics:
+            return
+        record = {
+            "epoch": round(state.epoch or 0.0, 4),
+            "step": state.global_step,
+            "checkpoint": str(Path(args.output_dir) / f"checkpoint-{state.global_step}"),
+            "metrics": {k.removeprefix(self.metric_prefix): v for k, v in metrics.items()},
+        }
+        history = [r for r in read_history(self.path.parent) if r["step"] != state.global_step] + [record]
+        write_json_atomic(self.path, history)
+        logger.info("mAP at step %d (epoch %.2f): map=%.4f map_50=%.4f", record["step"], record["epoch"],
+                    record["metrics"].get("map", float("nan")), record["metrics"].get("map_50", float("nan")))

@@ -1,0 +1,83 @@
+"""Batching with static shapes: images padded to one canvas, targets padded to a few bucket sizes.
+
+Images: padded bottom/right with zeros to image_size x image_size (`pad_images`) or to the batch's largest
+image (stock behaviour); `pixel_mask` marks real pixels.
+
+Targets: with buckets, a batch's targets are padded to T = the smallest bucket holding its fullest image and
+returned as one dense dict (class_labels (B, T), boxes (B, T, 4), valid (B, T)); valid objects come first,
+padded rows hold class 0 and the box (0.5, 0.5, 1, 1) so every op on them stays finite. Without buckets the
+labels are the list of per-image dicts that the stock transformers loss expects.
+
+Bucket sizes come once from the training set's objects-per-image counts: 1 bucket = the maximum; N buckets =
+the counts' quantiles at 1/N, 2/N, ..., 1 (rounded up, deduplicated), so each bucket serves about as many
+images and the graph count stays at N.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+PAD_BOX = (0.5, 0.5, 1.0, 1.0)
+
+
+def compute_bucket_sizes(object_counts: np.ndarray, num_buckets: int) -> list[int]:
+    """Sorted bucket sizes (>= 1) for `num_buckets` >= 1 from the objects-per-image counts."""
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be >= 1 to pad objects, got {num_buckets}")
+    quantiles = np.quantile(object_counts, np.arange(1, num_buckets + 1) / num_buckets)  # (N,)
+    return sorted({max(1, int(np.ceil(q))) for q in quantiles})
+
+
+class DetectionCollator:
+    """Collate samples of `DetectionDataset` into the model's batch dict."""
+
+    def __init__(self, image_size: int | None = None, bucket_sizes: list[int] | None = None):
+        self.image_size = image_size
+        self.bucket_sizes = sorted(bucket_sizes) if bucket_sizes else None
+        self.overflow_warned = False
+
+    def __call__(self, samples: list[dict[str, torch.Tensor]]) -> dict:
+        return {**self.pad_images(samples), "labels": self.targets(samples)}
+
+    def pad_images(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        heights = [s["pixel_values"].shape[1] for s in samples]
+        widths = [s["pixel_values"].shape[2] for s in samples]
+        height = self.image_size or max(heights)
+        width = self.image_size or max(widths)
+        pixel_values = torch.zeros(len(samples), 3, height, width)  # (B, 3, H, W)
+        pixel_mask = torch.zeros(len(samples), height, width, dtype=torch.int64)  # (B, H, W)
+        for i, (sample, h, w) in enumerate(zip(samples, heights, widths, strict=True)):
+            pixel_values[i, :, :h, :w] = sample["pixel_values"]
+            pixel_mask[i, :h, :w] = 1
+        return {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+
+    def bucket_for(self, num_objects: int) -> int:
+        position = bisect.bisect_left(self.bucket_sizes, num_objects)
+        if position < len(self.bucket_sizes):
+            return self.bucket_sizes[position]
+        if not self.overflow_warned:
+            logger.warning("a batch holds %d objects in one image, more than the largest bucket %d: "
+                           "it gets its own shape", num_objects, self.bucket_sizes[-1])
+            self.overflow_warned = True
+        return num_objects
+
+    def targets(self, samples: list[dict[str, torch.Tensor]]) -> dict | list[dict]:
+        if self.bucket_sizes is None:
+            return [{k: s[k] for k in ("class_labels", "boxes", "image_index")} for s in samples]
+        counts = [len(s["class_labels"]) for s in samples]
+        size = self.bucket_for(max(counts))
+        class_labels = torch.zeros(len(samples), size, dtype=torch.int64)  # (B, T)
+        boxes = torch.tensor(PAD_BOX).repeat(len(samples), size, 1)  # (B, T, 4)
+        valid = torch.zeros(len(samples), size, dtype=torch.bool)  # (B, T)
+        for i, (sample, n) in enumerate(zip(samples, counts, strict=True)):
+            class_labels[i, :n] = sample["class_labels"]
+            boxes[i, :n] = sample["boxes"]
+            valid[i, :n] = True
+        image_index = torch.stack([s["image_index"] for s in samples])  # (B,)
+        return {"class_labels": class_labels, "boxes": boxes, "valid": valid, "image_index": image_index}

@@ -1,0 +1,227 @@
+"""Detection datasets: a COCO-format folder or a Hugging Face hub dataset, read into one in-memory form.
+
+Every split becomes a `CocoSplit`: the COCO json dict (images, annotations, categories) plus a function that
+opens image i. `DetectionDataset` turns it into model samples:
+
+    image  -> RGB -> augment (train only) -> resize to fit image_size x image_size -> normalise (ImageNet)
+    boxes  -> COCO [x, y, w, h] pixels -> normalised (cx, cy, w, h) relative to the unpadded image
+
+Boxes are normalised by the image they belong to, before any padding (the original DETR convention), so
+`box * (orig_w, orig_h)` gives original pixels whatever the resize or padding was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass
+class CocoSplit:
+    """One split: its COCO json dict and how to open image i (index into coco["images"])."""
+
+    name: str
+    coco: dict
+    open_image: Callable[[int], Image.Image]
+
+    def subset(self, indices: list[int], name: str) -> CocoSplit:
+        images = [self.coco["images"][i] for i in indices]
+        kept = {image["id"] for image in images}
+        coco = {
+            "images": images,
+            "annotations": [a for a in self.coco["annotations"] if a["image_id"] in kept],
+            "categories": self.coco["categories"],
+        }
+        return CocoSplit(name, coco, lambda i: self.open_image(indices[i]))
+
+
+def label_maps(categories: list[dict]) -> tuple[dict[int, int], dict[int, str]]:
+    """COCO category id -> contiguous label, and label -> name (sorted by category id)."""
+    ordered = sorted(categories, key=lambda c: c["id"])
+    return {c["id"]: i for i, c in enumerate(ordered)}, {i: c["name"] for i, c in enumerate(ordered)}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and convert any mode (RGBA, L, P, CMYK, I;16) to 8-bit RGB."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        image = Image.fromarray((array * (255.0 / max(float(array.max()), 1.0))).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def load_coco_folder(dataset_dir: str | Path, split: str) -> CocoSplit:
+    """`dataset_dir/annotations/<split>.json` with images under `dataset_dir/images/`."""
+    dataset_dir = Path(dataset_dir)
+    annotation_file = dataset_dir / "annotations" / f"{split}.json"
+    coco = json.loads(annotation_file.read_text())
+    image_dir = dataset_dir / "images"
+
+    def open_image(i: int) -> Image.Image:
+        with Image.open(image_dir / coco["images"][i]["file_name"]) as image:
+            return to_rgb(image)
+
+    return CocoSplit(split, coco, open_image)
+
+
+def coco_from_hub_split(hf_split, name: str) -> CocoSplit:
+    """A hub split in the CPPE-5 layout (image, image_id, width, height, objects{id, bbox, category})."""
+    category_names = hf_split.features["objects"].feature["category"].names
+    images, annotations = [], []
+    for row in hf_split.select_columns(["image_id", "width", "height", "objects"]):
+        images.append({"id": row["image_id"], "width": row["width"], "height": row["height"], "file_name": ""})
+        objects = row["objects"]
+        for ann_id, bbox, category in zip(objects["id"], objects["bbox"], objects["category"], strict=True):
+            annotations.append({"id": ann_id, "image_id": row["image_id"], "bbox": list(bbox),
+                                "category_id": category, "area": bbox[2] * bbox[3], "iscrowd": 0})
+    categories = [{"id": i, "name": n} for i, n in enumerate(category_names)]
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    return CocoSplit(name, coco, lambda i: to_rgb(hf_split[i]["image"]))
+
+
+def carve_validation(train: CocoSplit, fraction: float, seed: int) -> tuple[CocoSplit, CocoSplit]:
+    """Split a validation set off train: `fraction` of the images, chosen by a seeded permutation."""
+    order = np.random.default_rng(seed).permutation(len(train.coco["images"])).tolist()
+    num_eval = max(1, round(fraction * len(order)))
+    return train.subset(sorted(order[num_eval:]), train.name), train.subset(sorted(order[:num_eval]), "validation")
+
+
+def load_splits(
+    dataset_name: str | None,
+    dataset_dir: str | None,
+    train_split: str,
+    eval_split: str,
+    train_val_split: float,
+    seed: int,
+) -> tuple[CocoSplit, CocoSplit]:
+    """Train and eval splits from a local COCO folder (preferred when given) or the hub."""
+    if dataset_dir:
+        train = load_coco_folder(dataset_dir, train_split)
+        if (Path(dataset_dir) / "annotations" / f"{eval_split}.json").exists():
+            return train, load_coco_folder(dataset_dir, eval_split)
+        logger.info("no annotations/%s.json in %s: carving %.0f%% of %s", eval_split, dataset_dir,
+                    100 * train_val_split, train_split)
+        return carve_validation(train, train_val_split, seed)
+    from datasets import load_dataset
+
+    hub = load_dataset(dataset_name)
+    train = coco_from_hub_split(hub[train_split], train_split)
+    if eval_split in hub:
+        return train, coco_from_hub_split(hub[eval_split], eval_split)
+    return carve_validation(train, train_val_split, seed)
+
+
+def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image: boxes (n, 4) COCO xywh clipped to the image, labels (n,); degenerate boxes dropped, counted."""
+    index_of = {image["id"]: i for i, image in enumerate(split.coco["images"])}
+    boxes: list[list] = [[] for _ in index_of]
+    labels: list[list] = [[] for _ in index_of]
+    dropped = 0
+    for ann in split.coco["annotations"]:
+        image = split.coco["images"][index_of[ann["image_id"]]]
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, float(image["width"])), min(y + h, float(image["height"]))
+        if not (x1 - x0 >= 1.0 and y1 - y0 >= 1.0):  # also catches NaN
+            dropped += 1
+            continue
+        boxes[index_of[ann["image_id"]]].append([x0, y0, x1 - x0, y1 - y0])
+        labels[index_of[ann["image_id"]]].append(category_to_label[ann["category_id"]])
+    if dropped:
+        logger.warning("%s: dropped %d degenerate boxes (zero area after clipping to the image)", split.name, dropped)
+    return [(np.asarray(b, np.float32).reshape(-1, 4), np.asarray(lb, np.int64)) for b, lb in zip(boxes, labels, strict=True)]
+
+
+def train_augmentation(seed: int) -> A.Compose:
+    """Flip, colour jitter and a crop that keeps every box: mild, as for fine-tuning a pretrained DETR."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+            A.BBoxSafeRandomCrop(erosion_rate=0.0, p=0.3),
+        ],
+        bbox_params=A.BboxParams(format="coco", label_fields=["labels"], clip=True, min_area=1.0),
+        seed=seed,
+    )
+
+
+def resize_to_fit(image: Image.Image, size: int) -> Image.Image:
+    """Scale so that the longest side is `size`, keeping the aspect ratio."""
+    scale = size / max(image.size)
+    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if new_size == image.size else image.resize(new_size, Image.BILINEAR)
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Model samples from a `CocoSplit`: pixel_values (3, h, w) with max(h, w) == image_size, plus targets."""
+
+    def __init__(self, split: CocoSplit, category_to_label: dict[int, int], image_size: int,
+                 augmentation: A.Compose | None = None):
+        self.split = split
+        self.image_size = image_size
+        self.augmentation = augmentation
+        self.objects = clean_objects(split, category_to_label)
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def object_counts(self) -> np.ndarray:
+        return np.array([len(labels) for _, labels in self.objects])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = self.split.open_image(i)
+        boxes, labels = self.objects[i]  # (n, 4) xywh pixels, (n,)
+        if self.augmentation is not None:
+            out = self.augmentation(image=np.asarray(image), bboxes=boxes, labels=labels)
+            image = Image.fromarray(out["image"])
+            boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)  # (n', 4)
+            labels = np.asarray(out["labels"], np.int64)  # (n',)
+        size = np.array([image.width, image.height], np.float32)  # (2,)
+        centers = (boxes[:, :2] + boxes[:, 2:] / 2) / size  # (n, 2)
+        pixels = np.asarray(resize_to_fit(image, self.image_size), np.float32) / 255.0  # (h, w, 3)
+        pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD  # (h, w, 3)
+        return {
+            "pixel_values": torch.from_numpy(pixels.transpose(2, 0, 1).copy()),  # (3, h, w)
+            "class_labels": torch.from_numpy(labels),  # (n,)
+            "boxes": torch.from_numpy(np.concatenate([centers, boxes[:, 2:] / size], axis=1)),  # (n, 4)
+            "image_index": torch.tensor(i),
+        }
+
+
+class PaddedToMultiple(torch.utils.data.Dataset):
+    """Evaluation set padded with blank filler images (image_index -1, no objects) to a multiple of `multiple`.
+
+    With it every evaluation batch is full, so shapes stay constant with `dataloader_drop_last=True`; the
+    metrics skip the fillers.
+    """
+
+    def __init__(self, dataset: DetectionDataset, multiple: int):
+        self.dataset = dataset
+        self.length = -(-len(dataset) // multiple) * multiple
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if i < len(self.dataset):
+            return self.dataset[i]
+        size = self.dataset.image_size
+        return {
+            "pixel_values": torch.zeros(3, size, size),  # (3, s, s)
+            "class_labels": torch.zeros(0, dtype=torch.int64),  # (0,)
+            "boxes": torch.zeros(0, 4),  # (0, 4)
+            "image_index": torch.tensor(-1),
+        }

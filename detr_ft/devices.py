@@ -1,0 +1,71 @@
+"""One place picks the device and the trainer: optimum-habana's GaudiTrainer on HPU, transformers' Trainer else.
+
+`check_device_settings` runs first, before anything imports habana_frameworks: HPU lazy/eager mode is read
+from PT_HPU_LAZY_MODE at import time, so the variable must agree with --use_lazy_mode before that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from detr_ft.args import DeviceArguments
+
+
+class DeviceSettingsError(ValueError):
+    """Contradictory device flags or environment; raised before any model is built."""
+
+
+def check_device_settings(device: DeviceArguments, training: TrainingArguments) -> str:
+    """Validate the flags, set PT_HPU_LAZY_MODE to match them, and return the device type to run on."""
+    if device.device not in ("auto", "cpu", "cuda", "hpu"):
+        raise DeviceSettingsError(f"--device {device.device}: choose auto, cpu, cuda or hpu")
+    if device.device == "hpu" and not device.use_habana:
+        raise DeviceSettingsError("--device hpu needs --use_habana (the Gaudi path runs through optimum-habana)")
+    if device.use_habana and device.device in ("cpu", "cuda"):
+        raise DeviceSettingsError(f"--use_habana contradicts --device {device.device}: drop one of them")
+    hpu_only = [name for name in ("use_lazy_mode", "use_hpu_graphs_for_training", "use_hpu_graphs_for_inference")
+                if getattr(device, name)]
+    if hpu_only and not device.use_habana:
+        raise DeviceSettingsError(f"--{' --'.join(hpu_only)} only apply to Gaudi: add --use_habana or drop them")
+    if device.use_habana:
+        wanted = "1" if device.use_lazy_mode else "0"
+        current = os.environ.get("PT_HPU_LAZY_MODE")
+        if current is not None and current != wanted:
+            mode = "lazy" if device.use_lazy_mode else "eager"
+            fix = f"unset it or set PT_HPU_LAZY_MODE={wanted}" + ("" if device.use_lazy_mode else ", or add --use_lazy_mode")
+            raise DeviceSettingsError(f"PT_HPU_LAZY_MODE={current} in the environment contradicts {mode} mode: {fix}")
+        os.environ["PT_HPU_LAZY_MODE"] = wanted
+        return "hpu"
+    if device.device == "cuda" and not torch.cuda.is_available():
+        raise DeviceSettingsError("--device cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES)")
+    if device.device == "cpu" or (device.device == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    return "cuda"
+
+
+def build_trainer(device_type: str, device: DeviceArguments, training: TrainingArguments, **trainer_kwargs) -> Trainer:
+    """The trainer for `device_type`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...)."""
+    overrides = {"use_cpu": device_type == "cpu", "bf16": training.bf16 or device.autocast}
+    if device_type != "hpu":
+        return Trainer(args=dataclasses.replace(training, **overrides), **trainer_kwargs)
+    from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments
+
+    gaudi_fields = {f.name for f in dataclasses.fields(GaudiTrainingArguments) if f.init}
+    values = {f.name: getattr(training, f.name) for f in dataclasses.fields(training)
+              if f.init and f.name in gaudi_fields}
+    args = GaudiTrainingArguments(
+        **{**values, **overrides, "use_cpu": False},
+        use_habana=True,
+        use_lazy_mode=device.use_lazy_mode,
+        gaudi_config_name=device.gaudi_config_name,
+        use_hpu_graphs_for_training=device.use_hpu_graphs_for_training,
+        use_hpu_graphs_for_inference=device.use_hpu_graphs_for_inference,
+        throughput_warmup_steps=device.throughput_warmup_steps,
+    )
+    gaudi_config = (GaudiConfig.from_pretrained(device.gaudi_config_name) if device.gaudi_config_name
+                    else GaudiConfig(use_fused_adam=True, use_fused_clip_norm=True, use_torch_autocast=args.bf16))
+    return GaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)

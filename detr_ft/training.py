@@ -1,0 +1,110 @@
+"""What run_object_detection.py assembles: datasets and collators, trainer arguments, the image processor."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+
+from transformers import DetrImageProcessor, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from detr_ft.args import DataArguments, StaticShapeArguments
+from detr_ft.collate import DetectionCollator, compute_bucket_sizes
+from detr_ft.data import CocoSplit, DetectionDataset, label_maps, load_splits, train_augmentation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    train: DetectionDataset
+    eval: DetectionDataset
+    category_to_label: dict[int, int]
+    id2label: dict[int, str]
+    bucket_sizes: list[int] | None
+
+    @property
+    def eval_split(self) -> CocoSplit:
+        return self.eval.split
+
+    @property
+    def label_to_category_id(self) -> dict[int, int]:
+        return {label: category for category, label in self.category_to_label.items()}
+
+    def collator(self, image_size: int | None) -> DetectionCollator:
+        """An eval image may hold more objects than any train image: that count becomes one more bucket."""
+        buckets = self.bucket_sizes
+        eval_max = int(self.eval.object_counts().max(initial=0))
+        if buckets and eval_max > buckets[-1]:
+            buckets = [*buckets, eval_max]
+        return DetectionCollator(image_size, buckets)
+
+
+def prepare_data(data: DataArguments, shapes: StaticShapeArguments, seed: int) -> PreparedData:
+    train_split, eval_split = load_splits(data.dataset_name, data.dataset_dir, data.train_split, data.eval_split,
+                                          data.train_val_split, seed)
+    category_to_label, id2label = label_maps(train_split.coco["categories"])
+    augmentation = train_augmentation(seed) if data.augment else None
+    train = DetectionDataset(train_split, category_to_label, data.image_size, augmentation)
+    evaluation = DetectionDataset(eval_split, category_to_label, data.image_size)
+    buckets = compute_bucket_sizes(train.object_counts(), shapes.num_buckets) if shapes.buckets_on else None
+    logger.info("train: %d images, eval: %d images, classes: %s, target buckets: %s",
+                len(train), len(evaluation), list(id2label.values()), buckets or "none (stock variable targets)")
+    return PreparedData(train, evaluation, category_to_label, id2label, buckets)
+
+
+def warn_queries_overflow(data: PreparedData, num_queries: int) -> None:
+    """DETR matches at most num_queries objects per image; extra ones stay unmatched (as in stock) but count."""
+    for name, dataset in (("train", data.train), ("eval", data.eval)):
+        overflow = int((dataset.object_counts() > num_queries).sum())
+        if overflow:
+            logger.warning("%s: %d images have more objects than num_queries=%d; the extra objects cannot be "
+                           "matched and cap recall", name, overflow, num_queries)
+
+
+def steps_per_epoch(num_train: int, training: TrainingArguments) -> int:
+    """Optimizer steps in one epoch: the last partial batch is dropped (constant shapes)."""
+    per_step = training.per_device_train_batch_size * training.world_size * training.gradient_accumulation_steps
+    if num_train < per_step:
+        raise ValueError(f"the training set has {num_train} images, fewer than one batch ({per_step}): lower "
+                         "--per_device_train_batch_size")
+    return num_train // per_step
+
+
+def finalize_training_arguments(training: TrainingArguments, shapes: StaticShapeArguments,
+                                num_train: int) -> TrainingArguments:
+    """Evaluate and save every `ckpt_store_interval_epochs` epochs; constant batch shapes; determinism."""
+    interval = shapes.ckpt_store_interval_epochs * steps_per_epoch(num_train, training)
+    return dataclasses.replace(
+        training,
+        eval_strategy="steps",
+        eval_steps=interval,
+        save_strategy="steps",
+        save_steps=interval,
+        dataloader_drop_last=True,
+        eval_do_concat_batches=False,
+        remove_unused_columns=False,
+        full_determinism=training.full_determinism or shapes.deterministic,
+    )
+
+
+def resume_checkpoint(training: TrainingArguments) -> str | None:
+    """--resume_from_checkpoint if given, else the output dir's last checkpoint: rerunning a command resumes."""
+    if training.resume_from_checkpoint:
+        return training.resume_from_checkpoint
+    last = get_last_checkpoint(training.output_dir) if os.path.isdir(training.output_dir) else None
+    if last:
+        logger.info("resuming from %s (the last checkpoint in --output_dir)", last)
+    return last
+
+
+def image_processor(image_size: int, pad_images: bool) -> DetrImageProcessor:
+    """The processor saved with every checkpoint, so `pipeline("object-detection", model=ckpt)` preprocesses
+    as training did: fit into image_size x image_size, ImageNet normalisation, padding."""
+    return DetrImageProcessor(
+        size={"shortest_edge": image_size, "longest_edge": image_size},
+        do_pad=True,
+        pad_size={"height": image_size, "width": image_size} if pad_images else None,
+    )

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Fine-tune DETR on CPPE-5 or any COCO-format folder, with static shapes on HPU, CUDA or CPU.
+
+    python run_object_detection.py --dataset_dir data/synthetic --model_name_or_path detr-tiny \\
+        --pad_images --image_size 64 --pad_objects --num_buckets 1 --output_dir outputs/demo
+
+mAP is evaluated at every checkpoint interval (`--ckpt_store_interval_epochs`) into eval_history.json.
+"""
+
+import logging
+import sys
+
+from detr_ft.args import parse_arguments
+from detr_ft.devices import DeviceSettingsError, build_trainer, check_device_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    model_args, data_args, shape_args, device_args, training_args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        device_type = check_device_settings(device_args, training_args)
+    except DeviceSettingsError as error:
+        logging.error("%s", error)
+        return 2
+    # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
+    from detr_ft.callbacks import MapHistoryCallback, format_table, read_history
+    from detr_ft.data import PaddedToMultiple
+    from detr_ft.evaluation import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
+    from detr_ft.model import build_model, build_optimizer, default_image_size, is_preset
+    from detr_ft.static_shapes import use_static_shape_loss
+    from detr_ft.summary import RunSummaryCallback
+    from detr_ft.training import (
+        finalize_training_arguments,
+        image_processor,
+        prepare_data,
+        resume_checkpoint,
+        warn_queries_overflow,
+    )
+
+    data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
+    data = prepare_data(data_args, shape_args, training_args.seed)
+    model = build_model(model_args.model_name_or_path, data.id2label, model_args.model_revision,
+                        model_args.freeze_backbone)
+    warn_queries_overflow(data, model.config.num_queries)
+    if data.bucket_sizes:
+        use_static_shape_loss(model)
+    training_args = finalize_training_arguments(training_args, shape_args, len(data.train))
+    pretrained = not is_preset(model_args.model_name_or_path)
+    backbone_lr = model_args.backbone_lr or (1e-5 if pretrained else training_args.learning_rate)
+    eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
+    trainer = build_trainer(
+        device_type, device_args, training_args,
+        model=model,
+        train_dataset=data.train,
+        eval_dataset=PaddedToMultiple(data.eval, eval_multiple),
+        data_collator=data.collator(data_args.image_size if shape_args.pad_images else None),
+        processing_class=image_processor(data_args.image_size, shape_args.pad_images),
+        compute_metrics=CocoMetrics(data.eval_split, data.label_to_category_id, data.id2label),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        optimizers=(build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay), None),
+        callbacks=[MapHistoryCallback(training_args.output_dir),
+                   RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size)],
+    )
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
+    trainer.save_model()
+    print(format_table(read_history(training_args.output_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Static batch shapes: image canvas, bucket sizes, padded targets that keep every valid object."""
+
+import numpy as np
+import pytest
+import torch
+
+from detr_ft.collate import PAD_BOX, DetectionCollator, compute_bucket_sizes
+
+
+def sample(h, w, n, index=0):
+    return {"pixel_values": torch.rand(3, h, w), "class_labels": torch.arange(n) % 3,
+            "boxes": torch.rand(n, 4) * 0.5 + 0.25, "image_index": torch.tensor(index)}
+
+
+def test_bucket_sizes():
+    counts = np.array([1, 1, 2, 2, 3, 5, 8, 30])
+    assert compute_bucket_sizes(counts, 1) == [30]
+    buckets = compute_bucket_sizes(counts, 3)
+    assert buckets[-1] == 30 and buckets == sorted(buckets) and len(buckets) <= 3
+    assert compute_bucket_sizes(np.array([0, 0]), 2) == [1]
+    with pytest.raises(ValueError, match="num_buckets"):
+        compute_bucket_sizes(counts, 0)
+
+
+def test_fixed_canvas_and_mask():
+    batch = DetectionCollator(image_size=64)([sample(64, 40, 1), sample(30, 64, 2)])
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert batch["pixel_mask"][0, :, :40].all() and not batch["pixel_mask"][0, :, 40:].any()
+    assert batch["pixel_mask"][1, :30].all() and not batch["pixel_mask"][1, 30:].any()
+
+
+def test_per_batch_canvas_is_the_largest_image():
+    batch = DetectionCollator()([sample(50, 40, 1), sample(30, 60, 2)])
+    assert batch["pixel_values"].shape == (2, 3, 50, 60)
+    assert isinstance(batch["labels"], list) and len(batch["labels"][1]["boxes"]) == 2
+
+
+def test_targets_padded_to_smallest_bucket():
+    samples = [sample(8, 8, 0, 0), sample(8, 8, 3, 1), sample(8, 8, 2, 2)]
+    labels = DetectionCollator(bucket_sizes=[2, 4, 9])(samples)["labels"]
+    assert labels["class_labels"].shape == (3, 4) and labels["boxes"].shape == (3, 4, 4)
+    assert labels["valid"].sum(1).tolist() == [0, 3, 2]
+    assert torch.equal(labels["boxes"][1, :3], samples[1]["boxes"])
+    assert torch.equal(labels["class_labels"][2, :2], samples[2]["class_labels"])
+    assert torch.equal(labels["boxes"][0, 0], torch.tensor(PAD_BOX))
+    assert labels["image_index"].tolist() == [0, 1, 2]
+
+
+def test_overflowing_batch_gets_its_own_shape(caplog):
+    labels = DetectionCollator(bucket_sizes=[2])([sample(8, 8, 5)])["labels"]
+    assert labels["valid"].shape == (1, 5) and labels["valid"].all()
+    assert "more than the largest bucket" in caplog.text

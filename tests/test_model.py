@@ -1,0 +1,79 @@
+"""Model building: the backbone-freezing fix, DETR's from-scratch init, backbone learning rate groups."""
+
+import torch
+from torch import nn
+from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+from detr_ft.model import build_model, count_trainable, optimizer_param_groups
+from patches.detr_backbone_stages import TRAINABLE_STAGES
+
+ID2LABEL = {0: "a", 1: "b", 2: "c"}
+
+
+def saved_resnet_detr(path):
+    """A small HF-ResNet DETR saved like facebook/detr-resnet-50@no_timm (4 stages, frozen BatchNorm)."""
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], layer_type="basic",
+                            out_features=["stage4"])
+    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
+                        d_model=16, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=16, decoder_ffn_dim=16,
+                        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=4, num_labels=91)
+    DetrForObjectDetection(config).save_pretrained(path)
+    return path
+
+
+def detr_stage_parameters(backbone: nn.Module) -> set[str]:
+    return {n for n, _ in backbone.named_parameters() if any(s in n for s in TRAINABLE_STAGES)}
+
+
+def trainable_names(module: nn.Module) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_stock_transformers_does_not_train_detr_stages(tmp_path):
+    """The bug the patch fixes; if this fails, transformers got it right and the patch can go.
+
+    Built directly, `DetrConvEncoder` freezes the whole HF-ResNet backbone (its "stage.N" never matches
+    "stages.N"); loaded with from_pretrained (transformers 5.x) everything is trainable, stem and stage 0 too.
+    """
+    built = DetrForObjectDetection(DetrForObjectDetection.from_pretrained(saved_resnet_detr(tmp_path)).config)
+    loaded = DetrForObjectDetection.from_pretrained(tmp_path)
+    detr = detr_stage_parameters(loaded.model.backbone.model)
+    assert trainable_names(built.model.backbone.model) != detr
+    assert trainable_names(loaded.model.backbone.model) != detr
+
+
+def test_pretrained_backbone_trains_stages_1_to_3_only(tmp_path):
+    model = build_model(str(saved_resnet_detr(tmp_path)), ID2LABEL)
+    backbone = model.model.backbone.model
+    assert trainable_names(backbone) == detr_stage_parameters(backbone)
+    assert not any("stages.0." in n or "embedder" in n for n in trainable_names(backbone))
+    assert model.config.id2label == ID2LABEL and model.class_labels_classifier.out_features == 4
+
+
+def test_freeze_backbone(tmp_path):
+    model = build_model(str(saved_resnet_detr(tmp_path)), ID2LABEL, freeze_backbone=True)
+    assert count_trainable(model.model.backbone) == 0 and count_trainable(model) > 0
+
+
+def test_preset_uses_detr_init_and_trainable_batchnorm():
+    torch.manual_seed(0)
+    model = build_model("detr-tiny", ID2LABEL)
+    backbone = model.model.backbone.model
+    assert count_trainable(backbone) == sum(p.numel() for p in backbone.parameters())
+    batchnorms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert batchnorms and all(m.weight.requires_grad for m in batchnorms)
+    assert not any(type(m).__name__ == "DetrFrozenBatchNorm2d" for m in backbone.modules())
+    queries = model.model.query_position_embeddings.weight
+    assert 0.7 < queries.std().item() < 1.3  # N(0, 1), not HF's init_std=0.02
+    weight = model.model.encoder.layers[0].self_attn.q_proj.weight
+    bound = (6 / sum(weight.shape)) ** 0.5
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound  # xavier-uniform
+
+
+def test_backbone_learning_rate_group():
+    model = build_model("detr-tiny", ID2LABEL)
+    rest, backbone = optimizer_param_groups(model, 1e-4, 1e-5, 1e-4)
+    assert backbone["lr"] == 1e-5 and rest["lr"] == 1e-4
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("backbone" in names[id(p)] for p in backbone["params"])
+    assert len(backbone["params"]) + len(rest["params"]) == sum(1 for p in model.parameters() if p.requires_grad)
