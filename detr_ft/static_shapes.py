@@ -1,10 +1,25 @@
 """Switch a DETR to the static-shape training path: our padded-target loss, and no host sync in its forward."""
 
+import logging
+
+import transformers
 from transformers import DetrForObjectDetection
 
 from detr_ft.loss import padded_detr_loss
+from patches import detr_encoder_sync, detr_mask_sync
+
+logger = logging.getLogger(__name__)
 
 
 def use_static_shape_loss(model: DetrForObjectDetection) -> None:
-    """Install per instance (transformers 4.55 and 5.x both call `self.loss_function`)."""
+    """Install the loss per instance (transformers 4.55 and 5.x both call `self.loss_function`).
+
+    The sync patches follow transformers 5.x's DETR code; on 4.55 (the Gaudi stack) they are left out.
+    """
     model.loss_function = padded_detr_loss
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        detr_encoder_sync.patch_model(model)
+        detr_mask_sync.patch_model(model)
+    else:
+        logger.info("transformers %s: DETR forward left unpatched (the sync patches target 5.x)",
+                    transformers.__version__)

@@ -1,0 +1,88 @@
+"""Hungarian matching of DETR queries to padded targets, all decoder layers and images at once.
+
+The matching cost of query q and target t is the one of facebookresearch/detr and transformers' HungarianMatcher,
+with the same ops in the same order so that the costs match bit for bit:
+
+    cost[q, t] = bbox_cost * |box_q - box_t|_1 + class_cost * (-softmax(logits_q)[class_t])
+                 + giou_cost * (-GIoU(box_q, box_t))
+
+Costs of every (layer, image) are built on the device as one (layers, B, Q, T) tensor; the target validity mask
+rides along as an extra query row, so one device->host copy is the only host sync. scipy's linear_sum_assignment
+then solves each (layer, image) on its valid columns. As in the stock matcher, an image with more targets than
+queries gets Q of them matched.
+"""
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+UNMATCHED = -1
+
+
+def center_to_corners(boxes: Tensor) -> Tensor:
+    """(cx, cy, w, h) -> (x0, y0, x1, y1), as transformers' center_to_corners_format."""
+    center_x, center_y, width, height = boxes.unbind(-1)  # 4 x (...)
+    return torch.stack(
+        [center_x - 0.5 * width, center_y - 0.5 * height, center_x + 0.5 * width, center_y + 0.5 * height], dim=-1
+    )  # (..., 4)
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU of corner boxes (..., 4) broadcast against (..., 4), e.g. (Q, 1, 4) x (T, 4) -> (Q, T) pairwise.
+
+    Same formula and op order as transformers' generalized_box_iou, without its data-dependent format check
+    (a host sync). Degenerate boxes give inf / NaN, as they do there.
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])  # (...)
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])  # (...)
+    inter_wh = (torch.min(boxes1[..., 2:], boxes2[..., 2:]) - torch.max(boxes1[..., :2], boxes2[..., :2])).clamp(min=0)
+    inter = inter_wh[..., 0] * inter_wh[..., 1]  # (...)
+    union = area1 + area2 - inter  # (...)
+    iou = inter / union  # (...)
+    hull_wh = (torch.max(boxes1[..., 2:], boxes2[..., 2:]) - torch.min(boxes1[..., :2], boxes2[..., :2])).clamp(min=0)
+    hull = hull_wh[..., 0] * hull_wh[..., 1]  # (...)
+    return iou - (hull - union) / hull
+
+
+@torch.no_grad()
+def matching_costs(
+    logits: Tensor, pred_boxes: Tensor, class_labels: Tensor, boxes: Tensor,
+    class_cost: float, bbox_cost: float, giou_cost: float,
+) -> Tensor:
+    """Cost of matching each query to each target: (L, B, Q, C+1), (L, B, Q, 4), (B, T), (B, T, 4) -> (L, B, Q, T)."""
+    layers, batch_size, num_queries = logits.shape[:3]
+    out_prob = logits.softmax(-1)  # (L, B, Q, C+1)
+    target_ids = class_labels[None, :, None, :].expand(layers, batch_size, num_queries, -1)  # (L, B, Q, T)
+    cost_class = -out_prob.gather(-1, target_ids)  # (L, B, Q, T)
+    target_boxes = boxes.expand(layers, -1, -1, -1)  # (L, B, T, 4)
+    cost_bbox = torch.cdist(pred_boxes.flatten(0, 1), target_boxes.flatten(0, 1), p=1).view_as(cost_class)
+    cost_giou = -generalized_box_iou(
+        center_to_corners(pred_boxes)[..., :, None, :], center_to_corners(target_boxes)[..., None, :, :]
+    )  # (L, B, Q, T)
+    cost = bbox_cost * cost_bbox + class_cost * cost_class + giou_cost * cost_giou  # (L, B, Q, T)
+    # NaN / inf become the largest cost, so such pairs are matched only when nothing else is left (as stock).
+    max_value = torch.finfo(cost.dtype).max
+    return torch.nan_to_num(cost, nan=max_value, posinf=max_value, neginf=max_value)
+
+
+@torch.no_grad()
+def hungarian_match(
+    logits: Tensor, pred_boxes: Tensor, labels: dict[str, Tensor],
+    class_cost: float, bbox_cost: float, giou_cost: float,
+) -> Tensor:
+    """Matched target index of every query, UNMATCHED (-1) where none: (L, B, Q) long on the logits' device.
+
+    logits (L, B, Q, C+1), pred_boxes (L, B, Q, 4); labels: padded "class_labels" (B, T), "boxes" (B, T, 4),
+    "valid" (B, T).
+    """
+    cost = matching_costs(logits, pred_boxes, labels["class_labels"], labels["boxes"], class_cost, bbox_cost, giou_cost)
+    valid_row = labels["valid"][:, None, :].to(cost.dtype).expand(cost.shape[0], -1, -1, -1)  # (L, B, 1, T)
+    packed = torch.cat([cost, valid_row], dim=2).cpu().numpy()  # (L, B, Q+1, T): the one host sync
+    matched = np.full(cost.shape[:3], UNMATCHED, dtype=np.int64)  # (L, B, Q)
+    for layer, image in np.ndindex(*cost.shape[:2]):
+        image_cost, valid = packed[layer, image, :-1], packed[layer, image, -1]  # (Q, T), (T,)
+        columns = np.flatnonzero(valid)  # (n,)
+        rows, picked = linear_sum_assignment(image_cost[:, columns])  # (min(Q, n),) each
+        matched[layer, image, rows] = columns[picked]
+    return torch.from_numpy(matched).to(logits.device)

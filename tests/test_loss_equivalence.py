@@ -1,0 +1,123 @@
+"""Our padded-target DETR loss equals transformers' stock loss on the same, unpadded targets: every loss_dict
+term, the total, and the gradients of all model outputs, for several bucket sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DetrConfig
+from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss, HungarianMatcher
+
+from detr_ft.collate import DetectionCollator
+from detr_ft.loss import padded_detr_loss
+from detr_ft.matcher import UNMATCHED, hungarian_match
+
+NUM_QUERIES, NUM_LABELS, DECODER_LAYERS = 10, 5, 3
+DATASET_MAX_OBJECTS = 12  # more than NUM_QUERIES: such an image gets only NUM_QUERIES matches
+OBJECT_COUNTS = [[0], [3], [0, 5], [DATASET_MAX_OBJECTS, 1, 0], [2, 7, 10, 4]]
+BUCKETS = ["exact", "dataset_max", 16, 24]
+
+
+def make_config(auxiliary_loss: bool) -> DetrConfig:
+    return DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, num_queries=NUM_QUERIES, num_labels=NUM_LABELS,
+        decoder_layers=DECODER_LAYERS, auxiliary_loss=auxiliary_loss, eos_coefficient=0.1,
+        class_cost=1, bbox_cost=5, giou_cost=2, bbox_loss_coefficient=5, giou_loss_coefficient=2,
+    )
+
+
+def make_targets(counts: list[int], generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
+    targets = []
+    for index, count in enumerate(counts):
+        centers = torch.rand(count, 2, generator=generator) * 0.6 + 0.2  # (n, 2)
+        sizes = torch.rand(count, 2, generator=generator) * 0.3 + 0.05  # (n, 2)
+        targets.append({
+            "class_labels": torch.randint(0, NUM_LABELS, (count,), generator=generator),  # (n,)
+            "boxes": torch.cat([centers, sizes], dim=1),  # (n, 4)
+            "image_index": torch.tensor(index),
+        })
+    return targets
+
+
+def make_outputs(batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Leaf tensors standing for the model's outputs; the final layer's are separate tensors, as in the model."""
+    shape = (DECODER_LAYERS, batch_size, NUM_QUERIES)
+    outputs_class = torch.randn(*shape, NUM_LABELS + 1, generator=generator) * 2  # (L, B, Q, C+1)
+    outputs_coord = torch.rand(*shape, 4, generator=generator) * 0.8 + 0.1  # (L, B, Q, 4)
+    return {
+        "logits": outputs_class[-1].clone(), "pred_boxes": outputs_coord[-1].clone(),
+        "outputs_class": outputs_class, "outputs_coord": outputs_coord,
+    }
+
+
+def run_loss(loss_fn, outputs, labels, config):
+    """(loss, loss_dict, auxiliary_outputs, gradients by output name) of `loss_fn` on fresh copies of `outputs`."""
+    leaves = {name: tensor.clone().requires_grad_() for name, tensor in outputs.items()}
+    loss, loss_dict, auxiliary_outputs = loss_fn(
+        leaves["logits"], labels, torch.device("cpu"), leaves["pred_boxes"], config,
+        leaves["outputs_class"], leaves["outputs_coord"],
+    )
+    loss.backward()
+    return loss, loss_dict, auxiliary_outputs, {name: leaf.grad for name, leaf in leaves.items()}
+
+
+def assert_close(actual, expected, what):
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("auxiliary_loss", [True, False])
+@pytest.mark.parametrize("bucket", BUCKETS)
+@pytest.mark.parametrize("counts", OBJECT_COUNTS, ids=str)
+def test_padded_loss_equals_stock(counts, bucket, auxiliary_loss):
+    generator = torch.Generator().manual_seed(len(counts) * 100 + sum(counts))
+    config = make_config(auxiliary_loss)
+    targets = make_targets(counts, generator)
+    outputs = make_outputs(len(counts), generator)
+    size = {"exact": max(counts), "dataset_max": DATASET_MAX_OBJECTS}.get(bucket, bucket)
+    padded = DetectionCollator(bucket_sizes=[size]).targets(targets)
+    assert padded["valid"].shape == (len(counts), size)
+
+    loss, loss_dict, aux, grads = run_loss(padded_detr_loss, outputs, padded, config)
+    stock_loss, stock_dict, stock_aux, stock_grads = run_loss(ForObjectDetectionLoss, outputs, targets, config)
+
+    assert list(loss_dict) == list(stock_dict)
+    for key in stock_dict:
+        assert_close(loss_dict[key], stock_dict[key], key)
+    assert_close(loss, stock_loss, "total loss")
+    for name in stock_grads:
+        assert_close(grads[name], stock_grads[name], f"gradient of {name}")
+    if auxiliary_loss:
+        assert [list(d) for d in aux] == [list(d) for d in stock_aux]
+        for ours, stock in zip(aux, stock_aux, strict=True):
+            assert all(torch.equal(ours[k], stock[k]) for k in stock)
+    else:
+        assert aux is None and stock_aux is None
+
+
+@pytest.mark.parametrize("counts", OBJECT_COUNTS, ids=str)
+def test_matching_equals_stock_per_layer(counts):
+    generator = torch.Generator().manual_seed(sum(counts))
+    targets = make_targets(counts, generator)
+    outputs = make_outputs(len(counts), generator)
+    padded = DetectionCollator(bucket_sizes=[DATASET_MAX_OBJECTS + 4]).targets(targets)
+    matched = hungarian_match(outputs["outputs_class"], outputs["outputs_coord"], padded, 1, 5, 2)  # (L, B, Q)
+    stock_matcher = HungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2)
+    for layer in range(DECODER_LAYERS):
+        layer_outputs = {"logits": outputs["outputs_class"][layer], "pred_boxes": outputs["outputs_coord"][layer]}
+        for image, (queries, target_ids) in enumerate(stock_matcher(layer_outputs, targets)):
+            expected = torch.full((NUM_QUERIES,), UNMATCHED)  # (Q,)
+            expected[queries] = target_ids
+            assert torch.equal(matched[layer, image], expected)
+
+
+def test_bfloat16_outputs_give_the_float32_loss():
+    generator = torch.Generator().manual_seed(0)
+    config = make_config(auxiliary_loss=True)
+    padded = DetectionCollator(bucket_sizes=[8]).targets(make_targets([3, 0, 8], generator))
+    outputs = {name: t.bfloat16() for name, t in make_outputs(3, generator).items()}
+    loss, loss_dict, _, grads = run_loss(padded_detr_loss, outputs, padded, config)
+    upcast = {name: t.float() for name, t in outputs.items()}
+    loss32, loss_dict32, _, grads32 = run_loss(padded_detr_loss, upcast, padded, config)
+    assert loss.dtype == torch.float32 and torch.equal(loss, loss32)
+    assert all(torch.equal(loss_dict[k], loss_dict32[k]) for k in loss_dict32)
+    assert all(grads[k].dtype == torch.bfloat16 and torch.equal(grads[k], grads32[k].bfloat16()) for k in grads32)

@@ -1,0 +1,117 @@
+"""Host syncs of one DETR training step: the stock path has many, ours (patched model + padded loss) exactly one,
+the matcher's cost transfer. Also: the sync counter itself, and that the patches leave the model's results alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+from detr_ft.collate import DetectionCollator
+from detr_ft.loss import padded_detr_loss
+from detr_ft.sync_audit import HostSyncCounter
+from patches import detr_encoder_sync, detr_mask_sync
+
+ENCODER_LAYERS, DECODER_LAYERS = 6, 2
+
+
+def tiny_detr(seed: int = 0) -> DetrForObjectDetection:
+    torch.manual_seed(seed)
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], out_features=["stage2"])
+    config = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=32,
+        encoder_layers=ENCODER_LAYERS, decoder_layers=DECODER_LAYERS, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_labels=5,
+        auxiliary_loss=True,
+    )
+    return DetrForObjectDetection(config).train()
+
+
+def patched(model: DetrForObjectDetection) -> DetrForObjectDetection:
+    assert detr_encoder_sync.patch_model(model) == ENCODER_LAYERS
+    assert detr_mask_sync.patch_model(model) == 2
+    return model
+
+
+def make_batch(padded_width: int = 40) -> dict:
+    """Two 64 px images, the second one padded right of `padded_width`, with 2 and 1 objects."""
+    generator = torch.Generator().manual_seed(0)
+    pixel_mask = torch.ones(2, 64, 64, dtype=torch.long)  # (B, H, W)
+    pixel_mask[1, :, padded_width:] = 0
+    labels = [
+        {"class_labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]]),
+         "image_index": torch.tensor(0)},
+        {"class_labels": torch.tensor([3]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]]),
+         "image_index": torch.tensor(1)},
+    ]
+    return {"pixel_values": torch.rand(2, 3, 64, 64, generator=generator), "pixel_mask": pixel_mask, "labels": labels}
+
+
+def count_training_step_syncs(model: DetrForObjectDetection, batch: dict) -> HostSyncCounter:
+    with HostSyncCounter() as counter:
+        model(**batch).loss.backward()
+    return counter
+
+
+def test_stock_training_step_has_many_syncs():
+    counter = count_training_step_syncs(tiny_detr(), make_batch())
+    # >= one isfinite check per encoder layer, the loss' .item(), one .cpu() per matched decoder layer, more
+    assert counter.count >= 14, counter.by_op
+    assert counter.by_op["Tensor.cpu"] == DECODER_LAYERS
+
+
+def test_patched_training_step_has_one_sync():
+    model = patched(tiny_detr())
+    model.loss_function = padded_detr_loss
+    batch = make_batch()
+    batch["labels"] = DetectionCollator(bucket_sizes=[4]).targets(batch["labels"])
+    counter = count_training_step_syncs(model, batch)
+    assert dict(counter.by_op) == {"Tensor.cpu": 1}
+
+
+@pytest.mark.parametrize("padded_width", [40, 64], ids=["padded", "unpadded"])
+def test_patches_keep_training_outputs(padded_width):
+    batch = make_batch(padded_width)
+    results = []
+    for model in (tiny_detr(), patched(tiny_detr())):
+        torch.manual_seed(1)  # same dropout masks for both
+        outputs = model(**batch)
+        outputs.loss.backward()
+        encoder_grad = model.model.encoder.layers[0].self_attn.q_proj.weight.grad
+        results.append((outputs.encoder_last_hidden_state, outputs.logits, outputs.loss, encoder_grad))
+    for stock, ours in zip(*results, strict=True):
+        if padded_width < 64:  # the same masks: the same ops
+            assert torch.equal(ours, stock)
+        else:  # all-True mask instead of None: maybe another sdpa kernel
+            torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-6)
+
+
+def test_patched_encoder_layer_clamps_overflow_like_stock():
+    model = tiny_detr()
+    layer = model.model.encoder.layers[0]
+    with torch.no_grad():
+        layer.final_layer_norm.bias[0] = float("inf")
+    hidden_states = torch.randn(2, 16, 32)  # (B, HW, d)
+    torch.manual_seed(1)
+    stock = layer(hidden_states, None)
+    detr_encoder_sync.patch_model(model)
+    torch.manual_seed(1)
+    ours = layer(hidden_states, None)
+    assert torch.isfinite(stock).all() and torch.equal(ours, stock)
+
+
+def test_counter_counts_each_kind_of_sync_once():
+    device_tensor = torch.rand(3, 4)  # (3, 4)
+    with HostSyncCounter() as counter:
+        device_tensor.sum().item()
+        if (device_tensor > 0.5).any():
+            pass
+        device_tensor[device_tensor > 0.5].sum()
+        host = device_tensor.cpu()
+        linear_sum_assignment(host[:2])  # already on the host: no further sync
+        np.asarray(host).tolist()
+        device_tensor.tolist()
+        (device_tensor * 2).to(torch.float64).sum()  # no sync
+    assert dict(counter.by_op) == {"aten._local_scalar_dense": 2, "aten.index": 1, "Tensor.cpu": 1, "Tensor.tolist": 1}
