@@ -3,23 +3,29 @@
 `preprocess_logits_for_metrics` runs on the device per batch and shrinks DETR's outputs to one static-shape
 tensor (B, Q, 7): [score, label, cx, cy, w, h, image_index]; `compute_metrics` turns the gathered rows into
 COCO detections in original pixels and scores them against the split's own COCO json.
+
+Outside training (eval_checkpoints, inference) `predict_rows` runs the same Trainer loop on a saved model, with
+the same padded evaluation set, collator and `preprocess_logits_for_metrics`, so `CocoMetrics.score` of its rows
+gives the mAP the training callback logged for that checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 
 import numpy as np
 import torch
-from transformers import EvalPrediction
+from transformers import EvalPrediction, PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
 from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
-from detr_ft.data import CocoSplit
+from detr_ft.collate import DetectionCollator
+from detr_ft.data import CocoSplit, DetectionDataset, PaddedToMultiple
 from detr_ft.metrics import coco_map, detections_from_predictions, postprocess_logits
 
 # Every output but logits and pred_boxes stays on the device during evaluation.
 EVAL_IGNORE_KEYS = [f.name for f in dataclasses.fields(DetrObjectDetectionOutput)
-                    if f.name not in ("loss", "logits", "pred_boxes")]
+                    if f.name not in ("logits", "pred_boxes")]
 
 
 def preprocess_logits_for_metrics(outputs: tuple, labels: dict | list[dict]) -> torch.Tensor:
@@ -34,16 +40,19 @@ def preprocess_logits_for_metrics(outputs: tuple, labels: dict | list[dict]) -> 
 
 
 class CocoMetrics:
-    """`compute_metrics` for the Trainer: mAP of the gathered detections on `split`."""
+    """`compute_metrics` for the Trainer with `batch_eval_metrics`: collects each batch's rows, scores at the end."""
 
     def __init__(self, split: CocoSplit, label_to_category_id: dict[int, int], id2label: dict[int, str]):
         self.split = split
         self.label_to_category_id = label_to_category_id
         self.category_names = {label_to_category_id[label]: name for label, name in id2label.items()}
+        self.rows: list[np.ndarray] = []
 
-    def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
-        batches = prediction.predictions
-        rows = np.concatenate(batches if isinstance(batches, list) else [batches])  # (N, Q, 7)
+    def __call__(self, prediction: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
+        self.rows.append(torch.as_tensor(prediction.predictions).float().cpu().numpy())  # (B, Q, 7)
+        if not compute_result:
+            return {}
+        rows, self.rows = np.concatenate(self.rows), []
         return self.score(rows)
 
     def score(self, rows: np.ndarray) -> dict[str, float]:
@@ -57,3 +66,46 @@ class CocoMetrics:
             label_to_category_id=self.label_to_category_id,
         )
         return coco_map(self.split.coco, detections, self.category_names)
+
+
+def label_to_category_ids(id2label: dict[int, str], categories: list[dict]) -> dict[int, int]:
+    """Model label -> COCO category id, matched by name: a model and a dataset need not number classes alike."""
+    category_of = {category["name"]: category["id"] for category in categories}
+    missing = sorted(set(id2label.values()) - set(category_of))
+    if missing:
+        raise ValueError(f"model classes {missing} are not among the dataset's categories {sorted(category_of)}")
+    return {label: category_of[name] for label, name in id2label.items()}
+
+
+class RowCollector:
+    """`compute_metrics` for `batch_eval_metrics` that keeps each batch's rows (B, Q, 7) and scores nothing."""
+
+    def __init__(self):
+        self.rows: list[np.ndarray] = []
+
+    def __call__(self, prediction: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
+        self.rows.append(torch.as_tensor(prediction.predictions).float().cpu().numpy())  # (B, Q, 7)
+        return {}
+
+
+def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, pad_to: int | None, batch_size: int,
+                 show_progress: bool = True) -> np.ndarray:
+    """Rows (N, Q, 7) [score, label, cx, cy, w, h, image_index] for the N images of `dataset`, in dataset order.
+
+    The evaluation loop of training: `Trainer.evaluate` with `batch_eval_metrics`, full batches of the padded
+    set (`PaddedToMultiple`), images padded to `pad_to` x `pad_to` (None: to the batch's largest image).
+    """
+    collector = RowCollector()
+    with tempfile.TemporaryDirectory() as scratch:  # the Trainer insists on an output_dir; nothing is saved
+        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, batch_eval_metrics=True,
+                                 dataloader_drop_last=True, remove_unused_columns=False, report_to="none",
+                                 disable_tqdm=not show_progress)
+        trainer = Trainer(model=model, args=args, data_collator=DetectionCollator(pad_to),
+                          eval_dataset=PaddedToMultiple(dataset, batch_size * args.world_size),
+                          compute_metrics=collector, preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+        if not show_progress:
+            trainer.remove_callback(PrinterCallback)  # it would print the loop's timing dict instead
+        trainer.evaluate(ignore_keys=EVAL_IGNORE_KEYS)
+    rows = np.concatenate(collector.rows)  # (N + fillers, Q, 7)
+    rows = rows[rows[:, 0, 6] >= 0]  # (N, Q, 7)
+    return rows[np.argsort(rows[:, 0, 6], kind="stable")]  # (N, Q, 7)

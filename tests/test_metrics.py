@@ -1,0 +1,188 @@
+"""detr_ft.metrics against the references: pycocotools COCOeval for mAP, transformers' DETR post-processing."""
+
+import contextlib
+import copy
+import gc
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from transformers.image_transforms import center_to_corners_format
+from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
+from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
+
+from detr_ft.metrics import SUMMARY_NAMES, coco_map, detections_from_predictions, postprocess_logits
+
+
+def coco_map_pycocotools(coco_gt: dict, detections: list[dict]) -> dict[str, float]:
+    """Reference: pycocotools COCOeval, summary stats and per-category AP@[.5:.95] (area all, 100 dets)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO()
+        ground_truth.dataset = copy.deepcopy(coco_gt)
+        ground_truth.createIndex()
+        results = ground_truth.loadRes(copy.deepcopy(detections))
+        evaluator = COCOeval(ground_truth, results, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = dict(zip(SUMMARY_NAMES, evaluator.stats[: len(SUMMARY_NAMES)].tolist(), strict=True))
+    names = {category["id"]: category["name"] for category in coco_gt["categories"]}
+    for k, category_id in enumerate(evaluator.params.catIds):
+        precision = evaluator.eval["precision"][:, :, k, 0, -1]
+        metrics[f"map_{names[category_id]}"] = float(precision[precision > -1].mean()) if (precision > -1).any() else -1
+    return metrics
+
+
+def noisy_detections(coco_gt: dict, rng: np.random.Generator, false_positives_per_image: int) -> list[dict]:
+    """GT boxes jittered by up to ~20% of their size (some dropped, some relabelled) plus random false positives."""
+    category_ids = [category["id"] for category in coco_gt["categories"]]
+    detections = []
+    for annotation in coco_gt["annotations"]:
+        if rng.uniform() < 0.1:
+            continue
+        x, y, w, h = annotation["bbox"]
+        jitter = rng.normal(0.0, 0.1, 4) * [w, h, w, h]
+        relabel = rng.uniform() < 0.1
+        detections.append(
+            {
+                "image_id": annotation["image_id"],
+                "category_id": int(rng.choice(category_ids)) if relabel else annotation["category_id"],
+                "bbox": [x + jitter[0], y + jitter[1], max(w + jitter[2], 1.0), max(h + jitter[3], 1.0)],
+                "score": float(rng.uniform(0.2, 1.0)),
+            }
+        )
+    for image in coco_gt["images"]:
+        for _ in range(false_positives_per_image):
+            w, h = rng.uniform(2, image["width"] / 2), rng.uniform(2, image["height"] / 2)
+            detections.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(rng.choice(category_ids)),
+                    "bbox": [rng.uniform(0, image["width"] - w), rng.uniform(0, image["height"] - h), w, h],
+                    "score": float(rng.uniform(0.0, 0.6)),
+                }
+            )
+    return detections
+
+
+def synthetic_coco_gt(rng: np.random.Generator) -> dict:
+    """Random COCO GT with small, medium and large boxes, a few crowd boxes and a category without any box."""
+    images, annotations = [], []
+    for image_id in range(1, 41):
+        height, width = int(rng.integers(100, 700)), int(rng.integers(100, 700))
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": height, "width": width})
+        for _ in range(int(rng.integers(0, 8))):
+            w, h = rng.uniform(4, width * 0.6), rng.uniform(4, height * 0.6)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.integers(1, 4)),
+                    "bbox": [rng.uniform(0, width - w), rng.uniform(0, height - h), w, h],
+                    "area": w * h,
+                    "iscrowd": int(rng.uniform() < 0.05),
+                }
+            )
+    categories = [{"id": i, "name": name} for i, name in enumerate(["cat", "dog", "bird", "never_seen"], start=1)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def assert_same_metrics(ours: dict[str, float], reference: dict[str, float]) -> None:
+    assert ours.keys() == reference.keys()
+    for name, value in reference.items():
+        assert ours[name] == pytest.approx(value, abs=1e-6), name
+
+
+@pytest.fixture(scope="module")
+def cppe5_gt(cppe5_dir: Path) -> dict:
+    return json.loads((cppe5_dir / "annotations" / "test.json").read_text())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_coco_map_equals_pycocotools_on_cppe5(cppe5_gt: dict, seed: int) -> None:
+    detections = noisy_detections(cppe5_gt, np.random.default_rng(seed), false_positives_per_image=20)
+    ours = coco_map(cppe5_gt, detections)
+    assert_same_metrics(ours, coco_map_pycocotools(cppe5_gt, detections))
+    assert 0.05 < ours["map"] < 0.95  # jittered boxes: neither trivial nor perfect, so the comparison means something
+    assert {f"map_{c['name']}" for c in cppe5_gt["categories"]} <= ours.keys()
+
+
+def test_coco_map_equals_pycocotools_on_synthetic() -> None:
+    rng = np.random.default_rng(2)
+    coco_gt = synthetic_coco_gt(rng)
+    detections = noisy_detections(coco_gt, rng, false_positives_per_image=5)
+    ours = coco_map(coco_gt, detections)
+    assert_same_metrics(ours, coco_map_pycocotools(coco_gt, detections))
+    assert ours["map_never_seen"] == -1.0  # COCO convention: AP undefined without GT boxes
+    assert min(ours["map_small"], ours["map_medium"], ours["map_large"]) > 0
+
+
+def test_coco_map_leaves_inputs_untouched_and_prints_nothing(cppe5_gt: dict, capsys) -> None:
+    detections = noisy_detections(cppe5_gt, np.random.default_rng(3), false_positives_per_image=2)
+    gt_before, detections_before = copy.deepcopy(cppe5_gt), copy.deepcopy(detections)
+    coco_map(cppe5_gt, detections)
+    assert cppe5_gt == gt_before
+    assert detections == detections_before
+    assert capsys.readouterr().out == ""
+
+
+def test_perfect_predictions_through_the_pipeline_give_map_one(cppe5_gt: dict) -> None:
+    """GT boxes as normalized (cx, cy, w, h) model outputs -> detections_from_predictions -> coco_map == 1."""
+    images = cppe5_gt["images"]
+    num_queries = max(np.unique([a["image_id"] for a in cppe5_gt["annotations"]], return_counts=True)[1])
+    category_ids = [category["id"] for category in cppe5_gt["categories"]]
+    predictions = np.zeros((len(images), num_queries, 6))  # unused queries: score 0, so they rank below every hit
+    predictions[..., 2:] = [0.5, 0.5, 0.1, 0.1]
+    for i, image in enumerate(images):
+        annotations = [a for a in cppe5_gt["annotations"] if a["image_id"] == image["id"]]
+        for q, annotation in enumerate(annotations):
+            x, y, w, h = annotation["bbox"]
+            box = np.array([x + w / 2, y + h / 2, w, h]) / ([image["width"], image["height"]] * 2)
+            predictions[i, q] = [1.0, category_ids.index(annotation["category_id"]), *box]
+    image_ids = [image["id"] for image in images]
+    orig_sizes = [(image["height"], image["width"]) for image in images]
+    detections = detections_from_predictions(predictions, image_ids, orig_sizes, category_ids)
+    assert len(detections) == len(images) * num_queries
+    hits = [d for d in detections if d["score"] == 1.0]
+    gt_boxes = {(a["image_id"], a["category_id"], *a["bbox"]) for a in cppe5_gt["annotations"]}
+    assert {(d["image_id"], d["category_id"], *np.round(d["bbox"], 6)) for d in hits} == gt_boxes
+
+    metrics = coco_map(cppe5_gt, detections)
+    for name in ["map", "map_50", "map_75", "mar_100", *(f"map_{c['name']}" for c in cppe5_gt["categories"])]:
+        assert metrics[name] == pytest.approx(1.0), name
+
+
+def test_empty_detections_give_zero(cppe5_gt: dict) -> None:
+    metrics = coco_map(cppe5_gt, [])
+    assert metrics.keys() == {*SUMMARY_NAMES, *(f"map_{c['name']}" for c in cppe5_gt["categories"])}
+    assert all(value == 0.0 for value in metrics.values())  # CPPE-5 has boxes of every area range and category
+
+
+def test_category_names_override_and_unknown_images_rejected(cppe5_gt: dict) -> None:
+    detections = noisy_detections(cppe5_gt, np.random.default_rng(4), false_positives_per_image=1)
+    names = {category["id"]: category["name"].lower() for category in cppe5_gt["categories"]}
+    assert "map_coverall" in coco_map(cppe5_gt, detections, category_names=names)
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        coco_map(cppe5_gt, [{**detections[0], "image_id": -7}])
+    assert gc.isenabled()  # coco_map pauses the garbage collector and must restore it, even when it raises
+
+
+def test_postprocess_logits_matches_transformers_detr_post_processing() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 10, 6, generator=generator) * 3  # (B, Q, C + 1)
+    pred_boxes = torch.rand(3, 10, 4, generator=generator) * 0.5 + 0.25  # (B, Q, 4)
+    outputs = DetrObjectDetectionOutput(logits=logits, pred_boxes=pred_boxes)
+    reference = DetrImageProcessorPil().post_process_object_detection(outputs, threshold=0, target_sizes=None)
+
+    ours = postprocess_logits(logits, pred_boxes)  # (B, Q, 6)
+    assert ours.shape == (3, 10, 6)
+    for image_result, expected in zip(ours, reference, strict=True):
+        assert len(expected["scores"]) == 10  # threshold 0 keeps every query
+        torch.testing.assert_close(image_result[:, 0], expected["scores"])
+        torch.testing.assert_close(image_result[:, 1].long(), expected["labels"])
+        torch.testing.assert_close(center_to_corners_format(image_result[:, 2:]), expected["boxes"])
