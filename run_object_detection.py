@@ -11,20 +11,24 @@ import logging
 import sys
 
 from detr_ft.args import parse_arguments
-from detr_ft.devices import DeviceSettingsError, build_trainer, check_device_settings
+from detr_ft.devices import DeviceSettingsError, check_device_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, shape_args, device_args, training_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        device_type = check_device_settings(device_args, training_args)
+        device_type = check_device_settings(device_args)
     except DeviceSettingsError as error:
         logging.error("%s", error)
         return 2
     # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
+    from transformers import set_seed
+
     from detr_ft.callbacks import MapHistoryCallback, format_table, read_history
+    from detr_ft.checkpoints import CheckpointCompleteCallback
     from detr_ft.data import PaddedToMultiple
+    from detr_ft.devices import adamw_class, build_trainer, training_arguments
     from detr_ft.evaluation import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
     from detr_ft.model import build_model, build_optimizer, default_image_size, is_preset
     from detr_ft.static_shapes import use_static_shape_loss
@@ -34,22 +38,35 @@ def main(argv: list[str] | None = None) -> int:
         image_processor,
         prepare_data,
         resume_checkpoint,
+        save_run_arguments,
         warn_queries_overflow,
     )
+    from detr_ft.validation import DatasetError
 
+    # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
+    set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
     data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
-    data = prepare_data(data_args, shape_args, training_args.seed)
+    try:
+        data = prepare_data(data_args, shape_args, training_args.seed)
+    except DatasetError as error:
+        logging.error("%s", error)
+        return 2
+    save_run_arguments(training_args.output_dir, model_args, data_args, shape_args, device_args)
     model = build_model(model_args.model_name_or_path, data.id2label, model_args.model_revision,
                         model_args.freeze_backbone)
     warn_queries_overflow(data, model.config.num_queries)
     if data.bucket_sizes:
         use_static_shape_loss(model)
     training_args = finalize_training_arguments(training_args, shape_args, len(data.train))
+    training_args = training_arguments(device_type, device_args, training_args)
+    model.to(training_args.device)
     pretrained = not is_preset(model_args.model_name_or_path)
     backbone_lr = model_args.backbone_lr or (1e-5 if pretrained else training_args.learning_rate)
+    optimizer = build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay,
+                                adamw_class(training_args))
     eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
     trainer = build_trainer(
-        device_type, device_args, training_args,
+        device_args, training_args,
         model=model,
         train_dataset=data.train,
         eval_dataset=PaddedToMultiple(data.eval, eval_multiple),
@@ -57,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=image_processor(data_args.image_size, shape_args.pad_images),
         compute_metrics=CocoMetrics(data.eval_split, data.label_to_category_id, data.id2label),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        optimizers=(build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay), None),
-        callbacks=[MapHistoryCallback(training_args.output_dir),
+        optimizers=(optimizer, None),
+        callbacks=[MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback(),
                    RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size)],
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)

@@ -65,6 +65,10 @@ class StaticShapeArguments:
 class DeviceArguments:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or hpu."})
     use_habana: bool = field(default=False, metadata={"help": "Train on Gaudi (HPU) with optimum-habana."})
+    trainer: str = field(
+        default="auto",
+        metadata={"help": "auto (GaudiTrainer on HPU, Trainer else), hf, or gaudi (GaudiTrainer anywhere)."},
+    )
     use_lazy_mode: bool = field(default=False, metadata={"help": "HPU lazy mode (PT_HPU_LAZY_MODE=1); eager when off."})
     gaudi_config_name: str | None = field(
         default=None, metadata={"help": "GaudiConfig hub id or json; default: fused AdamW, fused clip, autocast."}

@@ -22,9 +22,13 @@ def write_json_atomic(path: Path, payload) -> None:
     os.replace(temporary, path)
 
 
-def read_history(output_dir: str | Path) -> list[dict]:
-    path = Path(output_dir) / HISTORY_FILE
+def read_json_list(path: Path) -> list:
+    """A json list written by `write_json_atomic`; empty when the file does not exist yet."""
     return json.loads(path.read_text()) if path.exists() else []
+
+
+def read_history(output_dir: str | Path) -> list[dict]:
+    return read_json_list(Path(output_dir) / HISTORY_FILE)
 
 
 def format_table(history: list[dict]) -> str:

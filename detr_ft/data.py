@@ -1,7 +1,7 @@
 """Detection datasets: a COCO-format folder or a Hugging Face hub dataset, read into one in-memory form.
 
 Every split becomes a `CocoSplit`: the COCO json dict (images, annotations, categories) plus a function that
-opens image i. `DetectionDataset` turns it into model samples:
+reads image i as stored. `DetectionDataset` turns it into model samples:
 
     image  -> RGB -> augment (train only) -> resize to fit image_size x image_size -> normalise (ImageNet)
     boxes  -> COCO [x, y, w, h] pixels -> normalised (cx, cy, w, h) relative to the unpadded image
@@ -21,7 +21,7 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +31,19 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 @dataclass
 class CocoSplit:
-    """One split: its COCO json dict and how to open image i (index into coco["images"])."""
+    """One split: its COCO json dict, how to read image i (index into coco["images"]) as stored, and where the
+    json came from (named in data error messages)."""
 
     name: str
     coco: dict
-    open_image: Callable[[int], Image.Image]
+    read_image: Callable[[int], Image.Image]
+    source: str = ""
+
+    def open_image(self, i: int) -> Image.Image:
+        """Image i as the model sees it: 8-bit RGB, oriented as its json width and height say (see `to_rgb`)."""
+        entry = self.coco["images"][i]
+        with self.read_image(i) as image:
+            return to_rgb(image, (entry["width"], entry["height"]))
 
     def subset(self, indices: list[int], name: str) -> CocoSplit:
         images = [self.coco["images"][i] for i in indices]
@@ -45,7 +53,7 @@ class CocoSplit:
             "annotations": [a for a in self.coco["annotations"] if a["image_id"] in kept],
             "categories": self.coco["categories"],
         }
-        return CocoSplit(name, coco, lambda i: self.open_image(indices[i]))
+        return CocoSplit(name, coco, lambda i: self.read_image(indices[i]), self.source)
 
 
 def label_maps(categories: list[dict]) -> tuple[dict[int, int], dict[int, str]]:
@@ -54,12 +62,30 @@ def label_maps(categories: list[dict]) -> tuple[dict[int, int], dict[int, str]]:
     return {c["id"]: i for i, c in enumerate(ordered)}, {i: c["name"] for i, c in enumerate(ordered)}
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation and convert any mode (RGBA, L, P, CMYK, I;16) to 8-bit RGB."""
-    image = ImageOps.exif_transpose(image)
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag: 1 = as stored, 2-8 = flips and turns (`ImageOps.exif_transpose` applies them)."""
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied: orientations 5-8 turn the image by 90 degrees."""
+    return (image.height, image.width) if exif_orientation(image) in (5, 6, 7, 8) else image.size
+
+
+def to_rgb(image: Image.Image, annotated_size: tuple[int, int] | None = None) -> Image.Image:
+    """8-bit RGB from any mode (RGBA, L, P, CMYK, I;16), EXIF orientation applied.
+
+    16-bit values are divided by 257 (65535 -> 255), the same scale for every image, as image viewers do.
+
+    Annotation tools show images EXIF-rotated, so boxes are taken to be in the displayed pixels; only when the
+    json's `annotated_size` (w, h) matches the stored pixels and not the displayed ones were the boxes drawn on
+    the stored pixels, and the orientation is ignored. (A 180-degree turn or a flip keeps the size: applied.)
+    """
+    if annotated_size is None or annotated_size != image.size or annotated_size == displayed_size(image):
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32)
-        image = Image.fromarray((array * (255.0 / max(float(array.max()), 1.0))).astype(np.uint8))
+        array = np.asarray(image, dtype=np.float32)  # (h, w)
+        image = Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8))  # (h, w)
     return image.convert("RGB")
 
 
@@ -70,16 +96,13 @@ def load_coco_folder(dataset_dir: str | Path, split: str) -> CocoSplit:
     coco = json.loads(annotation_file.read_text())
     image_dir = dataset_dir / "images"
 
-    def open_image(i: int) -> Image.Image:
-        with Image.open(image_dir / coco["images"][i]["file_name"]) as image:
-            return to_rgb(image)
-
-    return CocoSplit(split, coco, open_image)
+    return CocoSplit(split, coco, lambda i: Image.open(image_dir / coco["images"][i]["file_name"]),
+                     str(annotation_file))
 
 
 def coco_from_hub_split(hf_split, name: str) -> CocoSplit:
     """A hub split in the CPPE-5 layout (image, image_id, width, height, objects{id, bbox, category})."""
-    category_names = hf_split.features["objects"].feature["category"].names
+    category_names = hf_split.features["objects"]["category"].feature.names  # datasets >= 4: dict of List
     images, annotations = [], []
     for row in hf_split.select_columns(["image_id", "width", "height", "objects"]):
         images.append({"id": row["image_id"], "width": row["width"], "height": row["height"], "file_name": ""})
@@ -89,7 +112,7 @@ def coco_from_hub_split(hf_split, name: str) -> CocoSplit:
                                 "category_id": category, "area": bbox[2] * bbox[3], "iscrowd": 0})
     categories = [{"id": i, "name": n} for i, n in enumerate(category_names)]
     coco = {"images": images, "annotations": annotations, "categories": categories}
-    return CocoSplit(name, coco, lambda i: to_rgb(hf_split[i]["image"]))
+    return CocoSplit(name, coco, lambda i: hf_split[i]["image"], f"hub split {name!r}")
 
 
 def carve_validation(train: CocoSplit, fraction: float, seed: int) -> tuple[CocoSplit, CocoSplit]:
@@ -104,45 +127,52 @@ def load_splits(
     dataset_dir: str | None,
     train_split: str,
     eval_split: str,
-    train_val_split: float,
-    seed: int,
-) -> tuple[CocoSplit, CocoSplit]:
-    """Train and eval splits from a local COCO folder (preferred when given) or the hub."""
+) -> tuple[CocoSplit, CocoSplit | None]:
+    """Train and eval splits from a local COCO folder (preferred when given) or the hub; eval is None when the
+    split does not exist (then it is carved from train with `carve_validation`)."""
     if dataset_dir:
         train = load_coco_folder(dataset_dir, train_split)
         if (Path(dataset_dir) / "annotations" / f"{eval_split}.json").exists():
             return train, load_coco_folder(dataset_dir, eval_split)
-        logger.info("no annotations/%s.json in %s: carving %.0f%% of %s", eval_split, dataset_dir,
-                    100 * train_val_split, train_split)
-        return carve_validation(train, train_val_split, seed)
+        return train, None
     from datasets import load_dataset
 
     hub = load_dataset(dataset_name)
     train = coco_from_hub_split(hub[train_split], train_split)
-    if eval_split in hub:
-        return train, coco_from_hub_split(hub[eval_split], eval_split)
-    return carve_validation(train, train_val_split, seed)
+    return train, coco_from_hub_split(hub[eval_split], eval_split) if eval_split in hub else None
+
+
+def clip_to_image(bbox: list[float], width: int, height: int) -> list[float] | None:
+    """COCO [x, y, w, h] clipped to a width x height image; None when it is not finite, has w or h <= 0, or
+    keeps less than 1 pixel of width or height inside the image."""
+    x, y, w, h = (float(v) for v in bbox)
+    if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
+        return None
+    x0, y0 = max(x, 0.0), max(y, 0.0)
+    x1, y1 = min(x + w, float(width)), min(y + h, float(height))
+    return [x0, y0, x1 - x0, y1 - y0] if x1 - x0 >= 1.0 and y1 - y0 >= 1.0 else None
 
 
 def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per image: boxes (n, 4) COCO xywh clipped to the image, labels (n,); degenerate boxes dropped, counted."""
+    """Per image: boxes (n, 4) COCO xywh clipped to the image, labels (n,); degenerate boxes dropped, counted.
+
+    After `validation.validate_split` nothing is left to clip or drop; this guards splits used without it."""
     index_of = {image["id"]: i for i, image in enumerate(split.coco["images"])}
     boxes: list[list] = [[] for _ in index_of]
     labels: list[list] = [[] for _ in index_of]
     dropped = 0
     for ann in split.coco["annotations"]:
         image = split.coco["images"][index_of[ann["image_id"]]]
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        x0, y0 = max(x, 0.0), max(y, 0.0)
-        x1, y1 = min(x + w, float(image["width"])), min(y + h, float(image["height"]))
-        if not (x1 - x0 >= 1.0 and y1 - y0 >= 1.0):  # also catches NaN
+        box = clip_to_image(ann["bbox"], image["width"], image["height"])
+        if box is None:
             dropped += 1
             continue
-        boxes[index_of[ann["image_id"]]].append([x0, y0, x1 - x0, y1 - y0])
+        boxes[index_of[ann["image_id"]]].append(box)
         labels[index_of[ann["image_id"]]].append(category_to_label[ann["category_id"]])
     if dropped:
         logger.warning("%s: dropped %d degenerate boxes (zero area after clipping to the image)", split.name, dropped)
-    return [(np.asarray(b, np.float32).reshape(-1, 4), np.asarray(lb, np.int64)) for b, lb in zip(boxes, labels, strict=True)]
+    return [(np.asarray(b, np.float32).reshape(-1, 4), np.asarray(lb, np.int64))
+            for b, lb in zip(boxes, labels, strict=True)]
 
 
 def train_augmentation(seed: int) -> A.Compose:

@@ -111,7 +111,8 @@ def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def build_optimizer(model: nn.Module, learning_rate: float, backbone_lr: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, learning_rate: float, backbone_lr: float, weight_decay: float,
+                    optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW) -> torch.optim.Optimizer:
+    """Build it after the model is on its device: moving to HPU may replace the parameter objects."""
     groups = [g for g in optimizer_param_groups(model, learning_rate, backbone_lr, weight_decay) if g["params"]]
-    return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
+    return optimizer_class(groups, lr=learning_rate, weight_decay=weight_decay)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import DetrImageProcessor, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from detr_ft.args import DataArguments, StaticShapeArguments
+from detr_ft.checkpoints import complete_checkpoints
 from detr_ft.collate import DetectionCollator, compute_bucket_sizes
-from detr_ft.data import CocoSplit, DetectionDataset, label_maps, load_splits, train_augmentation
+from detr_ft.data import CocoSplit, DetectionDataset, carve_validation, label_maps, load_splits, train_augmentation
+from detr_ft.validation import validate_split
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,15 @@ class PreparedData:
 
 
 def prepare_data(data: DataArguments, shapes: StaticShapeArguments, seed: int) -> PreparedData:
-    train_split, eval_split = load_splits(data.dataset_name, data.dataset_dir, data.train_split, data.eval_split,
-                                          data.train_val_split, seed)
+    train_split, eval_split = load_splits(data.dataset_name, data.dataset_dir, data.train_split, data.eval_split)
+    train_split = validate_split(train_split)
     category_to_label, id2label = label_maps(train_split.coco["categories"])
+    if eval_split is None:
+        logger.info("no %s split: carving %.0f%% of %s (seed %d)", data.eval_split, 100 * data.train_val_split,
+                    data.train_split, seed)
+        train_split, eval_split = carve_validation(train_split, data.train_val_split, seed)
+    else:
+        eval_split = validate_split(eval_split, category_to_label)
     augmentation = train_augmentation(seed) if data.augment else None
     train = DetectionDataset(train_split, category_to_label, data.image_size, augmentation)
     evaluation = DetectionDataset(eval_split, category_to_label, data.image_size)
@@ -84,20 +92,33 @@ def finalize_training_arguments(training: TrainingArguments, shapes: StaticShape
         save_strategy="steps",
         save_steps=interval,
         dataloader_drop_last=True,
-        eval_do_concat_batches=False,
+        # mAP streams batch by batch: no concatenation of outputs (GaudiTrainer cannot skip it otherwise).
+        batch_eval_metrics=True,
         remove_unused_columns=False,
         full_determinism=training.full_determinism or shapes.deterministic,
     )
 
 
 def resume_checkpoint(training: TrainingArguments) -> str | None:
-    """--resume_from_checkpoint if given, else the output dir's last checkpoint: rerunning a command resumes."""
+    """--resume_from_checkpoint if given, else the output dir's last complete checkpoint: rerunning resumes."""
     if training.resume_from_checkpoint:
         return training.resume_from_checkpoint
-    last = get_last_checkpoint(training.output_dir) if os.path.isdir(training.output_dir) else None
-    if last:
-        logger.info("resuming from %s (the last checkpoint in --output_dir)", last)
-    return last
+    checkpoints = complete_checkpoints(training.output_dir)
+    if checkpoints:
+        logger.info("resuming from %s (the last complete checkpoint in --output_dir)", checkpoints[-1])
+        return str(checkpoints[-1])
+    return None
+
+
+RUN_ARGUMENTS_FILE = "run_args.json"
+
+
+def save_run_arguments(output_dir: str, *arguments) -> None:
+    """Our own flags (not TrainingArguments, which the Trainer saves) as one flat json: what later tools such as
+    eval_checkpoints read to rebuild the run's data and shapes."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    flat = {k: v for group in arguments for k, v in dataclasses.asdict(group).items()}
+    (Path(output_dir) / RUN_ARGUMENTS_FILE).write_text(json.dumps(flat, indent=2))
 
 
 def image_processor(image_size: int, pad_images: bool) -> DetrImageProcessor:
