@@ -2,6 +2,7 @@
 
 `check_device_settings` runs first, before anything imports habana_frameworks: HPU lazy/eager mode is read
 from PT_HPU_LAZY_MODE at import time, so the variable must agree with --use_lazy_mode before that.
+`--trainer gaudi` runs GaudiTrainer off Gaudi too (use_habana=False): that is how CI exercises the Gaudi path.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ class DeviceSettingsError(ValueError):
     """Contradictory device flags or environment; raised before any model is built."""
 
 
-def check_device_settings(device: DeviceArguments, training: TrainingArguments) -> str:
+def check_device_settings(device: DeviceArguments) -> str:
     """Validate the flags, set PT_HPU_LAZY_MODE to match them, and return the device type to run on."""
     if device.device not in ("auto", "cpu", "cuda", "hpu"):
         raise DeviceSettingsError(f"--device {device.device}: choose auto, cpu, cuda or hpu")
+    if device.trainer not in ("auto", "hf", "gaudi"):
+        raise DeviceSettingsError(f"--trainer {device.trainer}: choose auto, hf or gaudi")
     if device.device == "hpu" and not device.use_habana:
         raise DeviceSettingsError("--device hpu needs --use_habana (the Gaudi path runs through optimum-habana)")
     if device.use_habana and device.device in ("cpu", "cuda"):
         raise DeviceSettingsError(f"--use_habana contradicts --device {device.device}: drop one of them")
+    if device.use_habana and device.trainer == "hf":
+        raise DeviceSettingsError("--use_habana needs optimum-habana's GaudiTrainer: drop --trainer hf")
     hpu_only = [name for name in ("use_lazy_mode", "use_hpu_graphs_for_training", "use_hpu_graphs_for_inference")
                 if getattr(device, name)]
     if hpu_only and not device.use_habana:
@@ -36,7 +41,8 @@ def check_device_settings(device: DeviceArguments, training: TrainingArguments) 
         current = os.environ.get("PT_HPU_LAZY_MODE")
         if current is not None and current != wanted:
             mode = "lazy" if device.use_lazy_mode else "eager"
-            fix = f"unset it or set PT_HPU_LAZY_MODE={wanted}" + ("" if device.use_lazy_mode else ", or add --use_lazy_mode")
+            fix = f"unset it or set PT_HPU_LAZY_MODE={wanted}"
+            fix += "" if device.use_lazy_mode else ", or add --use_lazy_mode"
             raise DeviceSettingsError(f"PT_HPU_LAZY_MODE={current} in the environment contradicts {mode} mode: {fix}")
         os.environ["PT_HPU_LAZY_MODE"] = wanted
         return "hpu"
@@ -47,25 +53,47 @@ def check_device_settings(device: DeviceArguments, training: TrainingArguments) 
     return "cuda"
 
 
-def build_trainer(device_type: str, device: DeviceArguments, training: TrainingArguments, **trainer_kwargs) -> Trainer:
-    """The trainer for `device_type`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...)."""
-    overrides = {"use_cpu": device_type == "cpu", "bf16": training.bf16 or device.autocast}
-    if device_type != "hpu":
-        return Trainer(args=dataclasses.replace(training, **overrides), **trainer_kwargs)
-    from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments
+def training_arguments(device_type: str, device: DeviceArguments, training: TrainingArguments) -> TrainingArguments:
+    """TrainingArguments for CPU/CUDA, GaudiTrainingArguments for HPU or `--trainer gaudi`."""
+    common = {"use_cpu": device_type == "cpu", "bf16": training.bf16 or device.autocast}
+    if device_type != "hpu" and device.trainer != "gaudi":
+        return dataclasses.replace(training, **common)
+    from optimum.habana import GaudiTrainingArguments
 
+    on_hpu = device_type == "hpu"
     gaudi_fields = {f.name for f in dataclasses.fields(GaudiTrainingArguments) if f.init}
     values = {f.name: getattr(training, f.name) for f in dataclasses.fields(training)
               if f.init and f.name in gaudi_fields}
-    args = GaudiTrainingArguments(
-        **{**values, **overrides, "use_cpu": False},
-        use_habana=True,
-        use_lazy_mode=device.use_lazy_mode,
-        gaudi_config_name=device.gaudi_config_name,
-        use_hpu_graphs_for_training=device.use_hpu_graphs_for_training,
-        use_hpu_graphs_for_inference=device.use_hpu_graphs_for_inference,
-        throughput_warmup_steps=device.throughput_warmup_steps,
-    )
+    return GaudiTrainingArguments(**{
+        **values,
+        **common,
+        "use_habana": on_hpu,
+        "use_lazy_mode": on_hpu and device.use_lazy_mode,
+        "use_hpu_graphs_for_training": device.use_hpu_graphs_for_training,
+        "use_hpu_graphs_for_inference": device.use_hpu_graphs_for_inference,
+        "throughput_warmup_steps": device.throughput_warmup_steps,
+        # Gaudi's autocast is HPU-only; bf16 elsewhere goes through torch's CPU autocast.
+        "half_precision_backend": "hpu_amp" if on_hpu else "cpu_amp",
+    })
+
+
+def adamw_class(args: TrainingArguments) -> type[torch.optim.Optimizer]:
+    """Habana's fused AdamW on HPU (GaudiConfig.use_fused_adam only reaches optimizers the trainer builds)."""
+    if getattr(args, "use_habana", False):
+        from habana_frameworks.torch.hpex.optimizers import FusedAdamW
+
+        return FusedAdamW
+    return torch.optim.AdamW
+
+
+def build_trainer(device: DeviceArguments, args: TrainingArguments, **trainer_kwargs) -> Trainer:
+    """The trainer that goes with `args`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...)."""
+    if type(args) is TrainingArguments:
+        return Trainer(args=args, **trainer_kwargs)
+    from optimum.habana import GaudiConfig, GaudiTrainer
+
+    # GaudiTrainer calls GaudiConfig.from_pretrained(None) unless it gets an object: always pass one.
+    on_hpu = args.use_habana
     gaudi_config = (GaudiConfig.from_pretrained(device.gaudi_config_name) if device.gaudi_config_name
-                    else GaudiConfig(use_fused_adam=True, use_fused_clip_norm=True, use_torch_autocast=args.bf16))
+                    else GaudiConfig(use_fused_adam=on_hpu, use_fused_clip_norm=on_hpu, use_torch_autocast=args.bf16))
     return GaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)

@@ -6,7 +6,6 @@ import transformers
 from transformers import DetrForObjectDetection
 
 from detr_ft.loss import padded_detr_loss
-from patches import detr_encoder_sync, detr_mask_sync
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +17,8 @@ def use_static_shape_loss(model: DetrForObjectDetection) -> None:
     """
     model.loss_function = padded_detr_loss
     if int(transformers.__version__.split(".")[0]) >= 5:
+        from patches import detr_encoder_sync, detr_mask_sync  # they import names transformers 4.55 lacks
+
         detr_encoder_sync.patch_model(model)
         detr_mask_sync.patch_model(model)
     else:

@@ -1,18 +1,24 @@
 """The run summary: console and `<output_dir>/run_summary.json`, written at the end of every training run.
 
+Fields: device, trainer, precision, image_size, buckets, steps, epochs, train_samples_per_second (the trainer's,
+first steps and evaluations included), steady_samples_per_second (from the median step time after WARMUP_STEPS),
+host_syncs_per_step and graph_compilations (during training, evaluations included).
+
 Host syncs are counted over forward, loss, backward and gradient clipping of one step (the second, so one-time
-set-up is not counted): the part of a step that runs as one graph on HPU;
-graph compilations come from the HPU metrics file (PT_HPU_METRICS_FILE) or torch._dynamo's counters.
+set-up is not counted): the part of a step that runs as one graph on HPU. Graph compilations are read in-process at
+the end of training: on HPU from Habana's `graph_compilation` metric (the counter PT_HPU_METRICS_FILE dumps), with
+torch.compile from dynamo's counters (graphs compiled, recompilations included).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import statistics
+import time
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
 from detr_ft.callbacks import write_json_atomic
 from detr_ft.sync_audit import HostSyncCounter
@@ -21,29 +27,51 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "run_summary.json"
 AUDITED_STEP = 1
+WARMUP_STEPS = 2
+
+
+def hpu_graph_compilations() -> int | None:
+    """HPU graph compilations so far in this process; None without habana_frameworks.
+
+    `metric_global("graph_compilation").stats()` gives (name, value) pairs, "TotalNumber" among them: the same
+    statistics PT_HPU_METRICS_FILE receives, which is complete only when the process exits.
+    """
+    try:
+        from habana_frameworks.torch.hpu.metrics import metric_global
+    except ImportError:
+        return None
+    metric = metric_global("graph_compilation")
+    return None if metric is None else int(dict(metric.stats())["TotalNumber"])
 
 
 def graph_compilations() -> dict[str, int]:
-    """Graph compilations so far: HPU (metrics file, if any) and torch.compile (dynamo frames compiled)."""
-    counts = {}
-    metrics_file = os.environ.get("PT_HPU_METRICS_FILE")
-    if metrics_file and Path(metrics_file).exists():
-        for entry in json.loads(Path(metrics_file).read_text()):  # optimum-habana/habana metric dump layout
-            for name, value in entry.get("metrics", {}).get("graph_compilation", {}).items():
-                if name == "TotalNumber":
-                    counts["hpu_graph_compilations"] = int(value)
+    """Graphs compiled so far, by compiler: "hpu" (HPU graph compiler), "torch_compile" (dynamo graphs)."""
     from torch._dynamo.utils import counters
 
-    if counters["stats"].get("unique_graphs"):
-        counts["torch_compile_graphs"] = int(counters["stats"]["unique_graphs"])
-    return counts
+    counts = {"hpu": hpu_graph_compilations(), "torch_compile": counters["stats"].get("unique_graphs", 0)}
+    return {name: count for name, count in counts.items() if count}
+
+
+def precision_name(args: TrainingArguments) -> str:
+    return "bf16 autocast" if args.bf16 else "fp32"
 
 
 class RunSummaryCallback(TrainerCallback):
-    def __init__(self, output_dir: str | Path, device_type: str, bucket_sizes: list[int] | None, image_size: int):
+    """`precision`: pass `precision_name(args)` before the trainer is built; GaudiTrainer clears args.bf16 in its
+    __init__ (it keeps autocast to itself), so read at the end it says fp32 on the Gaudi path."""
+
+    def __init__(self, output_dir: str | Path, device_type: str, bucket_sizes: list[int] | None, image_size: int,
+                 precision: str | None = None):
         self.path = Path(output_dir) / SUMMARY_FILE
         self.summary = {"device": device_type, "image_size": image_size, "buckets": bucket_sizes}
+        self.precision = precision
+        self.compilations_before: dict[str, int] = {}
         self.counter: HostSyncCounter | None = None
+        self.step_times: list[float] = []
+        self.last_step_end: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.compilations_before = graph_compilations()
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == AUDITED_STEP and self.counter is None:
@@ -54,15 +82,45 @@ class RunSummaryCallback(TrainerCallback):
             self.counter.__exit__(None, None, None)
             self.summary["host_syncs_per_step"] = self.counter.count
 
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self.last_step_end is not None and state.global_step > WARMUP_STEPS:
+            self.step_times.append(now - self.last_step_end)
+        self.last_step_end = now
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.last_step_end = None  # the time up to the next step end holds an evaluation: not a step time
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_step_end = None
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("train_samples_per_second", "train_steps_per_second", "train_runtime", "train_loss"):
+        for key in ("train_samples_per_second", "train_runtime", "train_loss"):
             if logs and key in logs:
                 self.summary[key] = logs[key]
 
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        precision = "bf16 autocast" if args.bf16 else "fp32"
-        self.summary.update(precision=precision, steps=state.global_step, epochs=state.epoch, **graph_compilations())
+        self.summary.update(
+            trainer="gaudi" if hasattr(args, "use_habana") else "hf",
+            precision=self.precision or precision_name(args),
+            steps=state.global_step,
+            epochs=state.epoch,
+            steady_samples_per_second=self.steady_samples_per_second(args),
+            graph_compilations=self.compilations_during_training(),
+        )
         write_json_atomic(self.path, self.summary)
         logger.info("run summary: %s", json.dumps(self.summary))
+
+    def compilations_during_training(self) -> dict[str, int]:
+        """Counters are per process: leave out what was compiled before this training (set-up, an earlier run)."""
+        counts = {name: count - self.compilations_before.get(name, 0) for name, count in graph_compilations().items()}
+        return {name: count for name, count in counts.items() if count}
+
+    def steady_samples_per_second(self, args) -> float | None:
+        """Global batch / median step time, steps after WARMUP_STEPS only (compilation, caches); None if none."""
+        if not self.step_times:
+            return None
+        global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        return round(global_batch / statistics.median(self.step_times), 3)

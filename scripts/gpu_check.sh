@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# CUDA acceptance check, for a GPU machine that has python3 with torch (CUDA) but no internet and no project venv.
+#
+#   scripts/gpu_check.sh          # on the GPU machine, from anywhere; about 5-8 minutes on one H100
+#   scripts/gpu_check.sh --tiny   # CPU smoke test of the same steps with a tiny model (no GPU needed)
+#
+# 1. the padded-loss equivalence tests on cuda (tests/test_loss_equivalence.py, DETR_FT_TEST_DEVICE=cuda);
+# 2. two --deterministic runs of the entry (static shapes, fp32, eager), compared bit for bit (losses, gradient norms,
+#    final weights); the table shows the first one's speed, the price of determinism;
+# 3. a benchmark of a randomly initialised DETR-R50-sized model at 800 px: the stock path (fp32, variable shapes,
+#    transformers' loss) against static shapes (--pad_images --pad_objects --num_buckets 1) + --bf16 + --torch_compile;
+#    images/s, host syncs per step and graph compilations come from each run's run_summary.json.
+# Ends with a table. It installs nothing, except wheels carried in .whl/ (pip install --no-deps --no-index), and
+# writes only under $WORK (default: a new /tmp/detr-ft-gpu-check.* folder).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+WORK=${WORK:-$(mktemp -d /tmp/detr-ft-gpu-check.XXXXXX)}
+if [[ "${1:-}" == "--tiny" ]]; then
+    TINY=1 DEVICE=cpu SIZE=64 STEPS=6 BATCH=4 WORKERS=2 COMPILE_BACKEND=eager DEVICE_FLAGS=(--device cpu --use_cpu)
+else  # 8 loader workers: augmenting 800 px images must keep up with a compiled bf16 model
+    TINY=0 DEVICE=cuda SIZE=800 STEPS=60 BATCH=8 WORKERS=8 COMPILE_BACKEND=inductor DEVICE_FLAGS=(--device cuda)
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+echo "work dir: $WORK"
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+    "$PY" -m pip install --no-deps --no-index -q .whl/*.whl
+fi
+"$PY" - "$DEVICE" <<'EOF'
+import importlib.util
+import sys
+
+import torch
+
+missing = [m for m in ("transformers", "scipy", "albumentations", "faster_coco_eval", "pytest", "safetensors")
+           if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing Python packages: {', '.join(missing)}: carry their wheels in .whl/ (pip download on a "
+             "machine with internet) and rerun")
+if sys.argv[1] == "cuda" and not torch.cuda.is_available():
+    sys.exit("no CUDA device visible (check CUDA_VISIBLE_DEVICES); --tiny runs the check on CPU")
+import transformers
+
+name = torch.cuda.get_device_name() if sys.argv[1] == "cuda" else "cpu"
+print(f"torch {torch.__version__}, transformers {transformers.__version__}, device: {name}")
+EOF
+
+echo "== 1. loss equivalence on $DEVICE"
+DETR_FT_TEST_DEVICE=$DEVICE "$PY" -m pytest tests/test_loss_equivalence.py -q -p no:cacheprovider
+
+echo "== data and a random DETR-R50-sized model"
+"$PY" - "$WORK" "$SIZE" "$TINY" <<'EOF'
+import sys
+from pathlib import Path
+
+from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+from detr_ft.synthetic import write_synthetic_coco
+
+work, size, tiny = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+write_synthetic_coco(work / "data", num_train=256, num_validation=16, image_size=size, seed=0)
+if tiny:
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], out_features=["stage2"])
+    sizes = {"d_model": 32, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "encoder_attention_heads": 2,
+             "decoder_attention_heads": 2, "encoder_layers": 1, "decoder_layers": 2, "num_queries": 10}
+else:  # ResNet-50 and DETR's defaults: d_model 256, 6 + 6 layers, 100 queries (41.5 M parameters)
+    backbone = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
+                            layer_type="bottleneck", out_features=["stage4"])
+    sizes = {}
+config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None, backbone_config=backbone,
+                    num_labels=3, **sizes)
+DetrForObjectDetection(config).save_pretrained(work / "model")
+EOF
+
+run() {  # run NAME FLAGS...: one entry run into $WORK/NAME
+    local name=$1
+    shift
+    echo "== run $name: $*"
+    "$PY" run_object_detection.py --model_name_or_path "$WORK/model" --dataset_dir "$WORK/data" \
+        --output_dir "$WORK/$name" --image_size "$SIZE" --per_device_train_batch_size "$BATCH" \
+        --per_device_eval_batch_size "$BATCH" --logging_steps 1 --report_to none --seed 0 \
+        --dataloader_num_workers "$WORKERS" "${DEVICE_FLAGS[@]}" "$@" > "$WORK/$name.log" 2>&1 \
+        || { tail -n 40 "$WORK/$name.log"; exit 1; }
+}
+
+echo "== 2. two deterministic runs"
+DETERMINISTIC=(--pad_images --pad_objects --num_buckets 1 --deterministic --max_steps 10)
+run deterministic_a "${DETERMINISTIC[@]}"
+run deterministic_b "${DETERMINISTIC[@]}"
+
+echo "== 3. benchmark, $STEPS steps each"
+run stock --num_buckets 0 --max_steps "$STEPS"
+run static_bf16_compiled --pad_images --pad_objects --num_buckets 1 --bf16 --torch_compile \
+    --torch_compile_backend "$COMPILE_BACKEND" --max_steps "$STEPS"
+
+"$PY" - "$WORK" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+work = Path(sys.argv[1])
+
+
+def step_logs(run: str) -> list[tuple]:
+    state = json.loads(sorted((work / run).glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    return [(log["step"], log["loss"], log.get("grad_norm")) for log in state["log_history"] if "loss" in log]
+
+
+a, b = load_file(work / "deterministic_a" / "model.safetensors"), load_file(work / "deterministic_b" / "model.safetensors")
+same_weights = a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+same_logs = step_logs("deterministic_a") == step_logs("deterministic_b")
+print(f"\ndeterministic runs: losses and grad norms {'identical' if same_logs else 'DIFFER'}, "
+      f"final weights {'identical' if same_weights else 'DIFFER'}")
+
+print(f"\n{'run':<22} {'precision':<14} {'img/s steady':>12} {'img/s all':>10} {'syncs/step':>10} "
+      f"{'compilations':>14} {'final loss':>10}")
+for run in ("stock", "static_bf16_compiled", "deterministic_a"):
+    summary = json.loads((work / run / "run_summary.json").read_text())
+    compilations = ", ".join(f"{k} {v}" for k, v in summary["graph_compilations"].items()) or "-"
+    print(f"{run:<22} {summary['precision']:<14} {summary['steady_samples_per_second'] or float('nan'):>12.2f} "
+          f"{summary['train_samples_per_second']:>10.2f} {summary['host_syncs_per_step']:>10} {compilations:>14} "
+          f"{step_logs(run)[-1][1]:>10.4f}")
+sys.exit(0 if same_weights and same_logs else 1)
+EOF

@@ -1,0 +1,178 @@
+"""Device and precision settings: contradictions fail before any model is built and name the fix; PT_HPU_LAZY_MODE
+follows the flags; --bf16 / --autocast train the entry under autocast with the DETR loss in float32; --torch_compile
+runs the entry, with the loss's host copy as a graph break."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_object_detection
+from detr_ft.args import parse_arguments
+from detr_ft.collate import DetectionCollator
+from detr_ft.devices import DeviceSettingsError, check_device_settings, training_arguments
+from detr_ft.model import build_model
+from detr_ft.static_shapes import use_static_shape_loss
+from detr_ft.summary import SUMMARY_FILE, graph_compilations, hpu_graph_compilations
+
+LAZY_FLAGS = ["--use_habana", "--use_lazy_mode", "--pad_objects", "--num_buckets", "1"]
+
+
+def device_arguments(*flags: str):
+    return parse_arguments(["--output_dir", "unused", *flags])[3]
+
+
+@pytest.fixture
+def no_lazy_mode_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    # setenv first: it records the original state (maybe unset), which delenv alone would not restore.
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", "")
+    monkeypatch.delenv("PT_HPU_LAZY_MODE")
+    return monkeypatch
+
+
+@pytest.mark.parametrize(("flags", "env", "fix"), [
+    (["--use_lazy_mode"], None, "add --use_habana or drop them"),
+    (["--use_hpu_graphs_for_training"], None, "add --use_habana or drop them"),
+    (["--device", "hpu"], None, "--device hpu needs --use_habana"),
+    (["--use_habana", "--trainer", "hf"], None, "drop --trainer hf"),
+    (["--use_habana", "--device", "cpu"], None, "drop one of them"),
+    (["--use_habana", "--use_lazy_mode"], "0", "unset it or set PT_HPU_LAZY_MODE=1"),
+    (["--use_habana"], "1", "set PT_HPU_LAZY_MODE=0, or add --use_lazy_mode"),
+])
+def test_contradictory_settings_name_the_fix(no_lazy_mode_env, flags, env, fix):
+    if env is not None:
+        no_lazy_mode_env.setenv("PT_HPU_LAZY_MODE", env)
+
+    with pytest.raises(DeviceSettingsError, match=fix):
+        check_device_settings(device_arguments(*flags))
+
+
+@pytest.mark.parametrize(("flags", "lazy_mode"), [(["--use_lazy_mode"], "1"), ([], "0")])
+def test_habana_sets_pt_hpu_lazy_mode(no_lazy_mode_env, flags, lazy_mode):
+    assert check_device_settings(device_arguments("--use_habana", *flags)) == "hpu"
+    assert os.environ["PT_HPU_LAZY_MODE"] == lazy_mode
+
+
+def test_without_habana_pt_hpu_lazy_mode_is_left_alone(no_lazy_mode_env):
+    assert check_device_settings(device_arguments("--device", "cpu")) == "cpu"
+    assert "PT_HPU_LAZY_MODE" not in os.environ
+
+
+def test_entry_refuses_contradictions_before_building_a_model(no_lazy_mode_env, tmp_path, caplog):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built despite contradictory device settings")
+
+    no_lazy_mode_env.setattr("detr_ft.model.build_model", no_model)
+    no_lazy_mode_env.setenv("PT_HPU_LAZY_MODE", "0")
+    output_dir = tmp_path / "run"
+
+    status = run_object_detection.main(["--output_dir", str(output_dir), "--model_name_or_path", "detr-tiny",
+                                        *LAZY_FLAGS])
+
+    assert status == 2
+    assert "PT_HPU_LAZY_MODE=0 in the environment contradicts lazy mode" in caplog.text
+    assert not output_dir.exists()
+
+
+def test_lazy_mode_command_line_parses(capsys):
+    """In-process `python run_object_detection.py ... --help` (a subprocess would spend its time importing)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_object_detection.main([*LAZY_FLAGS, "--help"])
+
+    assert exit_info.value.code == 0
+    assert "--use_lazy_mode" in capsys.readouterr().out
+
+
+# transformers refuses --bf16 without a bf16 GPU unless --use_cpu is given too; --autocast is applied after parsing.
+@pytest.mark.parametrize("flags", [["--bf16", "--use_cpu"], ["--autocast"]])
+def test_bf16_and_autocast_both_mean_bf16_autocast(flags):
+    _, _, _, device, training = parse_arguments(["--output_dir", "unused", "--device", "cpu", *flags])
+
+    arguments = training_arguments(check_device_settings(device), device, training)
+
+    assert arguments.bf16 and arguments.use_cpu
+
+
+def test_padded_loss_is_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = build_model("detr-tiny", {0: "circle", 1: "square", 2: "triangle"})
+    use_static_shape_loss(model)
+    generator = torch.Generator().manual_seed(0)
+    examples = [{
+        "pixel_values": torch.rand(3, 64, 64, generator=generator),  # (3, H, W)
+        "class_labels": torch.tensor([index % 3]),  # (1,)
+        "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]]),  # (1, 4)
+        "image_index": torch.tensor(index),
+    } for index in range(2)]
+    batch = DetectionCollator(64, [4])(examples)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(**batch)
+    outputs.loss.backward()
+
+    assert outputs.logits.dtype == torch.bfloat16  # autocast is on: the model ran in bf16
+    assert outputs.loss.dtype == torch.float32
+    assert all(value.dtype == torch.float32 for value in outputs.loss_dict.values())
+    assert math.isfinite(outputs.loss.item())
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
+
+
+def run_entry(dataset_dir: Path, output_dir: Path, *flags: str) -> dict:
+    status = run_object_detection.main([
+        "--device", "cpu", "--model_name_or_path", "detr-tiny", "--dataset_dir", str(dataset_dir),
+        "--output_dir", str(output_dir), "--pad_images", "--image_size", "64", "--pad_objects", "--num_buckets", "1",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--report_to", "none",
+        "--logging_steps", "1", "--dataloader_num_workers", "0", "--seed", "0", *flags,
+    ])
+    assert status == 0
+    return json.loads((output_dir / SUMMARY_FILE).read_text())
+
+
+def test_bf16_run_trains_under_autocast(synthetic_dir, tmp_path):
+    summary = run_entry(synthetic_dir, tmp_path, "--autocast", "--max_steps", "3")
+
+    assert summary["precision"] == "bf16 autocast"
+    assert summary["steps"] == 3
+    assert math.isfinite(summary["train_loss"])
+
+
+def test_torch_compile_run_trains_with_the_loss_as_a_graph_break(synthetic_dir, tmp_path):
+    """dynamo's eager backend: the capture and graph breaks of --torch_compile, without inductor's slow CPU codegen."""
+    summary = run_entry(synthetic_dir, tmp_path, "--torch_compile", "--torch_compile_backend", "eager",
+                        "--max_steps", "4")
+
+    assert summary["steps"] == 4
+    assert math.isfinite(summary["train_loss"])
+    # The forward up to the loss and the loss after the matcher's host copy: at least two graphs, a few more for
+    # the break's resume points, and no recompilation per step (static shapes).
+    assert 2 <= summary["graph_compilations"]["torch_compile"] < 4 * 2
+
+
+def test_graph_compilations_read_habanas_metric(monkeypatch):
+    """habana_frameworks' metric API as its own tests use it: metric_global(name).stats() -> (name, value) pairs."""
+    class GraphCompilationMetric:
+        def stats(self):
+            return [("TotalNumber", 7), ("TotalTime", 123456), ("AvgTime", 17636)]
+
+    metrics = types.ModuleType("habana_frameworks.torch.hpu.metrics")
+    metrics.metric_global = lambda name: GraphCompilationMetric() if name == "graph_compilation" else None
+    for name in ("habana_frameworks", "habana_frameworks.torch", "habana_frameworks.torch.hpu"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "habana_frameworks.torch.hpu.metrics", metrics)
+
+    assert hpu_graph_compilations() == 7
+    assert graph_compilations()["hpu"] == 7
+
+
+def test_graph_compilations_without_habana_count_only_torch_compile():
+    if "habana_frameworks" in sys.modules:
+        pytest.skip("habana_frameworks is importable here")
+    assert hpu_graph_compilations() is None
+    assert "hpu" not in graph_compilations()
