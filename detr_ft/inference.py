@@ -1,0 +1,139 @@
+"""`make infer`: detections of a trained DETR on a dataset split or on a folder of images.
+
+    python -m detr_ft.inference --model_path outputs/demo/checkpoint-800 --output_dir outputs/infer \\
+        [--dataset_dir data/synthetic --split test] [--threshold 0.5] [--pad_images --image_size 64]
+    python -m detr_ft.inference --model_path outputs/demo --images_dir photos/ --output_dir outputs/infer
+
+`--model_path` is a checkpoint or a run dir (its final model); the dataset and split default to the run's
+(run_args.json beside the model) and its eval split. Images go through evaluation's own path
+(`DetectionDataset`: resize to fit image_size, ImageNet normalisation; `predict_rows`: padded static-shape
+batches through `Trainer.evaluate`); image size and padding default to the model's preprocessor_config.json.
+Writes into --output_dir:
+
+    predictions.json  COCO results: every query of every image, [x, y, w, h] in original pixels, with score
+    categories.json   the category ids of predictions.json and their names
+    annotated/        each image with its detections scoring >= --threshold drawn (class name and score)
+    metrics.json      COCO mAP when the split has annotations (the same `CocoMetrics.score` as training)
+
+Category ids: a dataset split's own, matched to the model's classes by name; for an image folder the model's
+label ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from transformers import HfArgumentParser
+
+from detr_ft.args import DataArguments
+from detr_ft.data import CocoSplit, displayed_size
+from detr_ft.eval_checkpoints import eval_batch_size, load_model, load_split, run_arguments, split_rows
+from detr_ft.evaluation import CocoMetrics, label_to_category_ids
+from detr_ft.metrics import detections_from_predictions
+
+logger = logging.getLogger("detr_ft.inference")  # not __name__: that is __main__ under -m
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40)]
+
+
+@dataclass
+class InferenceArguments:
+    model_path: str = field(metadata={"help": "A checkpoint-N folder or a run dir (its final model)."})
+    output_dir: str = field(metadata={"help": "Folder for predictions.json, annotated/ and metrics.json."})
+    dataset_dir: str | None = field(default=None, metadata={"help": "COCO folder; default: the run's dataset."})
+    split: str | None = field(default=None, metadata={"help": "Split to detect on; default: the run's eval split."})
+    images_dir: str | None = field(default=None, metadata={"help": "A plain folder of images, instead of a split."})
+    threshold: float = field(default=0.5, metadata={"help": "Lowest score drawn on annotated images."})
+    image_size: int | None = field(default=None, metadata={"help": "Default: the model's preprocessor_config."})
+    pad_images: bool = field(
+        default=False, metadata={"help": "Pad to image_size (static shapes); on anyway if the model trained so."}
+    )
+    batch_size: int | None = field(default=None, metadata={"help": "Default: the run's eval batch size, else 8."})
+
+
+def image_folder_split(images_dir: str | Path, id2label: dict[int, str]) -> CocoSplit:
+    """The images of a folder as a split without annotations; its categories are the model's labels."""
+    paths = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images_dir}")
+    images = []
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            width, height = displayed_size(image)  # EXIF orientation applied, as `CocoSplit.open_image` does
+        images.append({"id": i + 1, "file_name": path.name, "width": width, "height": height})
+    categories = [{"id": label, "name": name} for label, name in sorted(id2label.items())]
+    return CocoSplit(Path(images_dir).name, {"images": images, "annotations": [], "categories": categories},
+                     lambda i: Image.open(paths[i]), str(images_dir))
+
+
+def draw_detections(image: Image.Image, detections: list[dict], names: dict[int, str],
+                    threshold: float) -> Image.Image:
+    """`image` with a box, class name and score for each detection scoring >= threshold."""
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(10, image.height // 40))
+    for detection in sorted(detections, key=lambda d: d["score"]):
+        if detection["score"] < threshold:
+            continue
+        x, y, w, h = detection["bbox"]
+        colour = PALETTE[detection["category_id"] % len(PALETTE)]
+        draw.rectangle([x, y, x + w, y + h], outline=colour, width=max(1, image.height // 200))
+        text = f"{names[detection['category_id']]} {detection['score']:.2f}"
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font, anchor="lb")
+        draw.rectangle([left, top, right, bottom], fill=colour)
+        draw.text((x, y), text, fill=(255, 255, 255), font=font, anchor="lb")
+    return image
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("detr_ft").setLevel(logging.INFO)
+    (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(argv)
+    if args.images_dir and (args.dataset_dir or args.split):
+        logger.error("--images_dir or --dataset_dir/--split, not both")
+        return 2
+    model = load_model(args.model_path)
+    id2label = model.config.id2label
+    settings = run_arguments(args.model_path)
+    if args.images_dir:
+        split = image_folder_split(args.images_dir, id2label)
+        label_to_category_id = {label: label for label in id2label}
+    else:
+        settings = {**settings, **({"dataset_dir": args.dataset_dir} if args.dataset_dir else {})}
+        split = load_split(settings, args.split or settings.get("eval_split", DataArguments.eval_split))
+        label_to_category_id = label_to_category_ids(id2label, split.coco["categories"])
+    rows = split_rows(model, args.model_path, split, label_to_category_id, eval_batch_size(settings, args.batch_size),
+                      args.image_size, args.pad_images)
+
+    output_dir = Path(args.output_dir)
+    (output_dir / "annotated").mkdir(parents=True, exist_ok=True)
+    images = split.coco["images"]
+    detections = detections_from_predictions(rows[..., :6], [image["id"] for image in images],
+                                             [(image["height"], image["width"]) for image in images],
+                                             label_to_category_id)
+    (output_dir / "predictions.json").write_text(json.dumps(detections))
+    names = {label_to_category_id[label]: name for label, name in id2label.items()}
+    categories = [{"id": category_id, "name": name} for category_id, name in sorted(names.items())]
+    (output_dir / "categories.json").write_text(json.dumps(categories, indent=2))
+    per_image = len(detections) // len(images)  # every query of every image, image after image
+    for i, image in enumerate(images):
+        picture = draw_detections(split.open_image(i), detections[i * per_image:(i + 1) * per_image], names,
+                                  args.threshold)
+        picture.save(output_dir / "annotated" / (Path(image["file_name"]).name or f"{image['id']}.png"))
+    shown = int((rows[..., 0] >= args.threshold).sum())
+    print(f"{len(images)} images, {shown} detections scoring >= {args.threshold} drawn in {output_dir / 'annotated'}")
+    if split.coco["annotations"]:
+        metrics = CocoMetrics(split, label_to_category_id, id2label).score(rows)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"{split.name}: mAP {metrics['map']:.4f}  mAP50 {metrics['map_50']:.4f}  mAP75 {metrics['map_75']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
