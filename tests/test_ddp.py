@@ -1,0 +1,70 @@
+"""Data parallel: `torchrun --nproc_per_node 2` (gloo, CPU) with batch b per process logs the losses of one process
+with batch 2b, to 1e-5: the box count that normalises the box losses is averaged over the processes.
+
+Both runs read the training images in order (sequential sampling): process r gets batch 2k + r of step k, which is
+the one process's batch k split in two, and the two halves hold different numbers of objects, so a per-process box
+count would give other box losses. The class loss is normalised per process by its summed class weights, as in
+facebookresearch/detr; with eos_coefficient 1 that sum is the query count, the same everywhere. The model is a
+"pretrained" tiny DETR with frozen BatchNorm, as fine-tuning uses: trainable BatchNorm would see per-process batch
+statistics (there is no SyncBatchNorm), another computation.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from entry_runs import ENTRY, entry_argv, logged_losses, run_in_process, tiny_coco
+from transformers import DetrConfig, DetrForObjectDetection
+
+from detr_ft.model import preset_settings
+
+STEPS = 3
+
+
+def pretrained_tiny_detr(folder):
+    settings = preset_settings("detr-tiny")
+    settings.pop("image_size")
+    id2label = {0: "circle", 1: "square", 2: "triangle"}
+    torch.manual_seed(0)
+    config = DetrConfig(**settings, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+                        eos_coefficient=1.0)
+    DetrForObjectDetection(config).save_pretrained(folder)
+    return folder
+
+
+def run_argv(tmp_path, output_dir, batch_size: int, *extra: str) -> list[str]:
+    data_dir = tiny_coco(tmp_path / "coco", num_train=8, objects_per_image=(1, 4))
+    return [*entry_argv(data_dir, output_dir), "--model_name_or_path", str(pretrained_tiny_detr(tmp_path / "detr")),
+            "--per_device_train_batch_size", str(batch_size), "--augment", "false",
+            "--train_sampling_strategy", "sequential", "--max_steps", str(STEPS), "--ckpt_store_interval_epochs", "10",
+            *extra]
+
+
+def first_step_object_counts(data_dir) -> list[int]:
+    """Objects in process 0's and process 1's batch of step 1: training images 0-1 and 2-3."""
+    coco = json.loads((data_dir / "annotations" / "train.json").read_text())
+    per_image = [sum(a["image_id"] == image["id"] for a in coco["annotations"]) for image in coco["images"]]
+    return [sum(per_image[0:2]), sum(per_image[2:4])]
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
+def test_two_processes_with_batch_b_log_the_losses_of_one_with_batch_2b(tmp_path):
+    single = tmp_path / "single"
+    assert run_in_process(run_argv(tmp_path, single, 4)) == 0
+    counts = first_step_object_counts(tmp_path / "coco")
+    assert counts[0] != counts[1]  # else a per-process box count would pass too
+    parallel = tmp_path / "parallel"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ENTRY),
+               *run_argv(tmp_path, parallel, 2, "--ddp_backend", "gloo")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    single_losses = logged_losses(single / f"checkpoint-{STEPS}")
+    parallel_losses = logged_losses(parallel / f"checkpoint-{STEPS}")
+    assert [step for step, _ in single_losses] == [step for step, _ in parallel_losses] == list(range(1, STEPS + 1))
+    for (_, expected), (_, actual) in zip(single_losses, parallel_losses, strict=True):
+        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-5)

@@ -1,0 +1,67 @@
+"""A NaN loss is caught at its step: the run stops naming the step and images (the last checkpoint stays loadable),
+or with --skip_nonfinite_batches that batch's update is skipped and recorded."""
+
+import json
+import logging
+
+import pytest
+import torch
+from entry_runs import entry_argv, logged_losses, run_in_process, tiny_coco
+from transformers import DetrForObjectDetection
+
+from detr_ft.checkpoints import COMPLETE_MARKER
+from detr_ft.data import DetectionDataset
+from detr_ft.guards import NONFINITE_FILE
+
+POISONED_IMAGE = 2  # with sequential sampling, batches are images [0, 1] then [2, 3]: its 2nd fetch is step 4
+
+
+@pytest.fixture
+def nan_image_in_epoch_two(monkeypatch):
+    """Training image 2 comes with NaN pixels the second time it is read, i.e. in epoch 2."""
+    fetches = []
+    clean_getitem = DetectionDataset.__getitem__
+
+    def getitem(dataset, i):
+        item = clean_getitem(dataset, i)
+        if dataset.split.name == "train" and i == POISONED_IMAGE:
+            fetches.append(i)
+            if len(fetches) == 2:
+                item["pixel_values"] = torch.full_like(item["pixel_values"], float("nan"))
+        return item
+
+    monkeypatch.setattr(DetectionDataset, "__getitem__", getitem)
+
+
+def argv_for(tmp_path, tmp_path_factory, *extra):
+    return entry_argv(tiny_data(tmp_path_factory), tmp_path, "--train_sampling_strategy", "sequential", *extra)
+
+
+def tiny_data(tmp_path_factory):
+    return tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco")
+
+
+def test_nan_loss_stops_at_its_step_naming_the_images(tmp_path, tmp_path_factory, nan_image_in_epoch_two, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert run_in_process(argv_for(tmp_path, tmp_path_factory)) == 3
+    images = json.loads((tiny_data(tmp_path_factory) / "annotations" / "train.json").read_text())["images"]
+    assert "non-finite training loss at step 4" in caplog.text
+    assert f"2 ({images[2]['file_name']}), 3 ({images[3]['file_name']})" in caplog.text
+
+    assert (tmp_path / "checkpoint-2" / COMPLETE_MARKER).exists()
+    assert not (tmp_path / "checkpoint-4").exists() and not (tmp_path / "model.safetensors").exists()
+    model = DetrForObjectDetection.from_pretrained(tmp_path / "checkpoint-2", use_safetensors=True)
+    assert all(torch.isfinite(p).all() for p in model.state_dict().values())
+
+
+def test_skip_nonfinite_batches_skips_and_counts(tmp_path, tmp_path_factory, nan_image_in_epoch_two):
+    assert run_in_process(argv_for(tmp_path, tmp_path_factory, "--skip_nonfinite_batches")) == 0
+
+    assert json.loads((tmp_path / NONFINITE_FILE).read_text()) == [{"step": 4, "images": [2, 3]}]
+    losses = dict(logged_losses(tmp_path / "checkpoint-4"))
+    assert losses[4] == 0.0 and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    optimizer = torch.load(tmp_path / "checkpoint-4" / "optimizer.pt", weights_only=True)
+    assert {int(s["step"]) for s in optimizer["state"].values()} == {3}  # step 4 never reached the optimizer
+    history = json.loads((tmp_path / "eval_history.json").read_text())
+    assert [r["step"] for r in history] == [2, 4] and all(torch.isfinite(torch.tensor(r["metrics"]["loss"]))
+                                                          for r in history)
