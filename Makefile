@@ -19,6 +19,16 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
+# optimum-habana 1.21.2 pins transformers 4.55.x and accelerate <= 1.10.1: its own venv. On a Gaudi host use
+# Habana's PyTorch container and install requirements-gaudi.txt without its torch line.
+$(GAUDI_VENV)/.installed: requirements-gaudi.txt
+	$(PYTHON) -m venv $(GAUDI_VENV)
+	$(GAUDI_PY) -m pip install -q torch==2.13.0
+	$(GAUDI_PY) -m pip install -q -r requirements-gaudi.txt
+	touch $@
+
+venv-gaudi: $(GAUDI_VENV)/.installed
+
 $(DATA)/annotations/train.json: | $(VENV)/.installed
 	$(PY) -m detr_ft.synthetic --output_dir $(DATA)
 
@@ -33,10 +43,28 @@ train: $(VENV)/.installed
 		--pad_images --image_size 800 --pad_objects --num_buckets 1 \
 		--num_train_epochs 100 --ckpt_store_interval_epochs 10 $(ARGS)
 
+# mAP of every complete checkpoint of OUTDIR on the run's eval split (ARGS="--split test", ARGS=--redo):
+# checkpoint_metrics.csv/.json (best checkpoint named) and map_vs_epoch.png, written into OUTDIR.
+eval-all-checkpoints: $(VENV)/.installed
+	$(PY) -m detr_ft.eval_checkpoints --run_dir $(OUTDIR) $(ARGS)
+
+# Detections of MODEL (default: OUTDIR's final model; or one of its checkpoint-N folders) on the run's eval
+# split, or on IMAGES=<folder>: predictions.json (COCO results), annotated/, metrics.json, in INFER_DIR.
+MODEL ?= $(OUTDIR)
+INFER_DIR ?= $(OUTDIR)/inference
+infer: $(VENV)/.installed
+	$(PY) -m detr_ft.inference --model_path $(MODEL) --output_dir $(INFER_DIR) \
+		$(if $(IMAGES),--images_dir $(IMAGES)) $(ARGS)
+
 test-main: $(VENV)/.installed
 	$(PY) -m pytest tests --ignore=tests/gaudi -q $(PYTEST_ARGS)
 
-test: test-main
+# The Gaudi code path through the real optimum-habana GaudiTrainer, on CPU (tests/habana_stub stands in for
+# the habana_frameworks that only Gaudi hosts have).
+test-gaudi: $(GAUDI_VENV)/.installed
+	$(GAUDI_PY) -m pytest tests/gaudi -q $(PYTEST_ARGS)
+
+test: test-main test-gaudi
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     from detr_ft.data import PaddedToMultiple
     from detr_ft.devices import adamw_class, build_trainer, training_arguments
     from detr_ft.evaluation import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
+    from detr_ft.guards import NonFiniteLossError, NonFiniteLossGuard
     from detr_ft.model import build_model, build_optimizer, default_image_size, is_preset
     from detr_ft.static_shapes import use_static_shape_loss
-    from detr_ft.summary import RunSummaryCallback
+    from detr_ft.summary import RunSummaryCallback, precision_name
     from detr_ft.training import (
         finalize_training_arguments,
         image_processor,
@@ -42,21 +43,28 @@ def main(argv: list[str] | None = None) -> int:
         warn_queries_overflow,
     )
     from detr_ft.validation import DatasetError
+    from patches import trainer_resume_weights
 
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
     set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
     data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
     try:
-        data = prepare_data(data_args, shape_args, training_args.seed)
+        data = prepare_data(data_args, shape_args)
     except DatasetError as error:
         logging.error("%s", error)
         return 2
-    save_run_arguments(training_args.output_dir, model_args, data_args, shape_args, device_args)
+    save_run_arguments(training_args.output_dir, model_args, data_args, shape_args, device_args,
+                       per_device_eval_batch_size=training_args.per_device_eval_batch_size)
     model = build_model(model_args.model_name_or_path, data.id2label, model_args.model_revision,
                         model_args.freeze_backbone)
     warn_queries_overflow(data, model.config.num_queries)
     if data.bucket_sizes:
         use_static_shape_loss(model)
+    callbacks = [MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback()]
+    if shape_args.check_finite_loss:
+        guard = NonFiniteLossGuard(training_args.output_dir, shape_args.skip_nonfinite_batches, data.train_image_names)
+        guard.install(model)
+        callbacks.append(guard)  # before RunSummaryCallback: its host-sync count includes the guard's read
     training_args = finalize_training_arguments(training_args, shape_args, len(data.train))
     training_args = training_arguments(device_type, device_args, training_args)
     model.to(training_args.device)
@@ -75,10 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         compute_metrics=CocoMetrics(data.eval_split, data.label_to_category_id, data.id2label),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         optimizers=(optimizer, None),
-        callbacks=[MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback(),
-                   RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size)],
+        callbacks=[*callbacks,
+                   RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
+                                      precision_name(training_args))],
     )
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
+    trainer_resume_weights.patch_trainer(trainer)
+    try:
+        trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
+    except NonFiniteLossError as error:
+        logging.error("%s", error)
+        return 3
     trainer.save_model()
     print(format_table(read_history(training_args.output_dir)))
     return 0

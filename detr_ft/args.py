@@ -23,6 +23,7 @@ class DataArguments:
         default="validation", metadata={"help": "Evaluation split; carved from train when it does not exist."}
     )
     train_val_split: float = field(default=0.15, metadata={"help": "Fraction of train carved off for evaluation."})
+    train_val_seed: int = field(default=1337, metadata={"help": "Seed of that carve (1337, as the HF guide)."})
     image_size: int | None = field(
         default=None,
         metadata={"help": "Images are resized to fit image_size x image_size; default: 800, or the preset's."},
@@ -55,6 +56,13 @@ class StaticShapeArguments:
         default=1, metadata={"help": "Save a checkpoint and evaluate mAP every N epochs."}
     )
     deterministic: bool = field(default=False, metadata={"help": "Full determinism (transformers full_determinism)."})
+    check_finite_loss: bool = field(
+        default=True,
+        metadata={"help": "Stop at the step whose loss is NaN/inf, naming its images (one host read per step)."},
+    )
+    skip_nonfinite_batches: bool = field(
+        default=False, metadata={"help": "With check_finite_loss: skip such a batch's update instead of stopping."}
+    )
 
     @property
     def buckets_on(self) -> bool:

@@ -175,8 +175,10 @@ def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[t
             for b, lb in zip(boxes, labels, strict=True)]
 
 
-def train_augmentation(seed: int) -> A.Compose:
-    """Flip, colour jitter and a crop that keeps every box: mild, as for fine-tuning a pretrained DETR."""
+def train_augmentation() -> A.Compose:
+    """Flip, colour jitter and a crop that keeps every box: mild, as for fine-tuning a pretrained DETR.
+
+    Unseeded: `DetectionDataset` reseeds it for every sample (`reseed_augmentation`)."""
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -184,8 +186,20 @@ def train_augmentation(seed: int) -> A.Compose:
             A.BBoxSafeRandomCrop(erosion_rate=0.0, p=0.3),
         ],
         bbox_params=A.BboxParams(format="coco", label_fields=["labels"], clip=True, min_area=1.0),
-        seed=seed,
     )
+
+
+def reseed_augmentation(augmentation: A.Compose) -> None:
+    """Give each transform a fresh seed drawn from torch's generator.
+
+    That generator is what `set_seed` seeds, what every DataLoader worker reseeds differently and what the Trainer
+    checkpoints (rng_state.pth): augmentation is reproducible, differs across workers and resumes where it stopped.
+    One seed per transform, because albumentations' own `set_random_seed` gives all transforms the same seed, which
+    makes their coin flips identical (an image flipped is always colour-jittered too).
+    """
+    seeds = torch.randint(2**31, (len(augmentation.transforms),))  # (n,)
+    for transform, seed in zip(augmentation.transforms, seeds.tolist(), strict=True):
+        transform.set_random_seed(seed)
 
 
 def resize_to_fit(image: Image.Image, size: int) -> Image.Image:
@@ -215,6 +229,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         image = self.split.open_image(i)
         boxes, labels = self.objects[i]  # (n, 4) xywh pixels, (n,)
         if self.augmentation is not None:
+            reseed_augmentation(self.augmentation)
             out = self.augmentation(image=np.asarray(image), bboxes=boxes, labels=labels)
             image = Image.fromarray(out["image"])
             boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)  # (n', 4)

@@ -17,14 +17,14 @@ from detr_ft.synthetic import write_synthetic_coco
 
 DATA_DIR = Path("data/synthetic")
 OUTPUT_DIR = Path("outputs/demo")
-TRAIN_IMAGES, BATCH_SIZE, EPOCHS = 4096, 32, 8
+TRAIN_IMAGES, BATCH_SIZE, EPOCHS = 4096, 32, 16
 
 RECIPE = [
     "--model_name_or_path", "detr-tiny", "--dataset_dir", str(DATA_DIR), "--output_dir", str(OUTPUT_DIR),
     "--pad_images", "--image_size", "64", "--pad_objects", "--num_buckets", "1", "--augment", "false",
     "--per_device_train_batch_size", str(BATCH_SIZE), "--per_device_eval_batch_size", "64",
     "--learning_rate", "3e-4", "--max_grad_norm", "0.1", "--num_train_epochs", str(EPOCHS),
-    "--ckpt_store_interval_epochs", "2", "--save_total_limit", "2", "--logging_steps", "50",
+    "--ckpt_store_interval_epochs", "4", "--save_total_limit", "2", "--logging_steps", "128",
     "--dataloader_num_workers", "1", "--seed", "0", "--report_to", "none",
 ]
 

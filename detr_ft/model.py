@@ -72,11 +72,17 @@ def build_model(
         except OSError as error:
             raise OSError(f"--model_name_or_path {name_or_path}: not a preset ({', '.join(preset_names())}), nor a "
                           f"local model directory, nor loadable from the hub ({error})") from error
-        if isinstance(model.model.backbone.model, ResNetBackbone):
-            train_resnet_stages(model.model.backbone.model)
+        if isinstance(backbone_network(model), ResNetBackbone):
+            train_resnet_stages(backbone_network(model))
     if freeze_backbone:
         model.model.backbone.requires_grad_(False)
     return model
+
+
+def backbone_network(model: DetrForObjectDetection) -> nn.Module:
+    """The CNN inside DETR's DetrConvEncoder, which transformers 4.55 wraps in a DetrConvModel (the Gaudi stack)."""
+    conv_encoder = model.model.backbone
+    return getattr(conv_encoder, "conv_encoder", conv_encoder).model
 
 
 def init_from_scratch(model: DetrForObjectDetection) -> None:
@@ -86,7 +92,11 @@ def init_from_scratch(model: DetrForObjectDetection) -> None:
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
     nn.init.normal_(model.model.query_position_embeddings.weight)
-    backbone = model.model.backbone.model
+    # DETR leaves its heads and input projection at PyTorch's default init; transformers' normal(0.02) shrinks a
+    # 3-layer box MLP's signal and gradients about 4x per layer.
+    for layer in (model.class_labels_classifier, *model.bbox_predictor.layers, model.model.input_projection):
+        layer.reset_parameters()
+    backbone = backbone_network(model)
     for name, module in list(backbone.named_modules()):
         if type(module).__name__ == "DetrFrozenBatchNorm2d":
             parent_name, _, child = name.rpartition(".")

@@ -14,7 +14,7 @@ from detr_ft.args import DataArguments, StaticShapeArguments
 from detr_ft.checkpoints import complete_checkpoints
 from detr_ft.collate import DetectionCollator, compute_bucket_sizes
 from detr_ft.data import CocoSplit, DetectionDataset, carve_validation, label_maps, load_splits, train_augmentation
-from detr_ft.validation import validate_split
+from detr_ft.validation import DatasetError, validate_split
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ class PreparedData:
         return self.eval.split
 
     @property
+    def train_image_names(self) -> list[str]:
+        """File name of each training image, "" for hub datasets: what error messages name besides the index."""
+        return [image["file_name"] for image in self.train.split.coco["images"]]
+
+    @property
     def label_to_category_id(self) -> dict[int, int]:
         return {label: category for category, label in self.category_to_label.items()}
 
@@ -44,17 +49,24 @@ class PreparedData:
         return DetectionCollator(image_size, buckets)
 
 
-def prepare_data(data: DataArguments, shapes: StaticShapeArguments, seed: int) -> PreparedData:
+def validated_splits(data: DataArguments, carve_missing_eval: bool = True) -> tuple[CocoSplit, CocoSplit]:
+    """Train and eval splits as training sees them: validated (eval against train's categories), the eval split
+    carved from train (before validation would let a duplicate id straddle the carve) when it does not exist."""
     train_split, eval_split = load_splits(data.dataset_name, data.dataset_dir, data.train_split, data.eval_split)
     train_split = validate_split(train_split)
+    if eval_split is not None:
+        return train_split, validate_split(eval_split, {c["id"] for c in train_split.coco["categories"]})
+    if not carve_missing_eval:
+        raise DatasetError(f"{data.dataset_dir or data.dataset_name}: no split {data.eval_split!r}")
+    logger.info("no %s split: carving %.0f%% of %s (seed %d)", data.eval_split, 100 * data.train_val_split,
+                data.train_split, data.train_val_seed)
+    return carve_validation(train_split, data.train_val_split, data.train_val_seed)
+
+
+def prepare_data(data: DataArguments, shapes: StaticShapeArguments) -> PreparedData:
+    train_split, eval_split = validated_splits(data)
     category_to_label, id2label = label_maps(train_split.coco["categories"])
-    if eval_split is None:
-        logger.info("no %s split: carving %.0f%% of %s (seed %d)", data.eval_split, 100 * data.train_val_split,
-                    data.train_split, seed)
-        train_split, eval_split = carve_validation(train_split, data.train_val_split, seed)
-    else:
-        eval_split = validate_split(eval_split, category_to_label)
-    augmentation = train_augmentation(seed) if data.augment else None
+    augmentation = train_augmentation() if data.augment else None
     train = DetectionDataset(train_split, category_to_label, data.image_size, augmentation)
     evaluation = DetectionDataset(eval_split, category_to_label, data.image_size)
     buckets = compute_bucket_sizes(train.object_counts(), shapes.num_buckets) if shapes.buckets_on else None
@@ -113,11 +125,11 @@ def resume_checkpoint(training: TrainingArguments) -> str | None:
 RUN_ARGUMENTS_FILE = "run_args.json"
 
 
-def save_run_arguments(output_dir: str, *arguments) -> None:
-    """Our own flags (not TrainingArguments, which the Trainer saves) as one flat json: what later tools such as
-    eval_checkpoints read to rebuild the run's data and shapes."""
+def save_run_arguments(output_dir: str, *arguments, **values) -> None:
+    """Our own flags (the Trainer saves TrainingArguments as a pickle) and `values` as one flat json: what later
+    tools such as eval_checkpoints read to rebuild the run's data and shapes."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    flat = {k: v for group in arguments for k, v in dataclasses.asdict(group).items()}
+    flat = {k: v for group in arguments for k, v in dataclasses.asdict(group).items()} | values
     (Path(output_dir) / RUN_ARGUMENTS_FILE).write_text(json.dumps(flat, indent=2))
 
 

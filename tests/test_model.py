@@ -65,6 +65,9 @@ def test_preset_uses_detr_init_and_trainable_batchnorm():
     assert not any(type(m).__name__ == "DetrFrozenBatchNorm2d" for m in backbone.modules())
     queries = model.model.query_position_embeddings.weight
     assert 0.7 < queries.std().item() < 1.3  # N(0, 1), not HF's init_std=0.02
+    head = model.bbox_predictor.layers[0].weight
+    bound = 1 / head.shape[1] ** 0.5  # PyTorch's default U(-bound, bound), std bound / sqrt(3); transformers': 0.02
+    assert head.abs().max() <= bound and head.std() > 0.8 * bound / 3**0.5
     weight = model.model.encoder.layers[0].self_attn.q_proj.weight
     bound = (6 / sum(weight.shape)) ** 0.5
     assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound  # xavier-uniform
