@@ -7,6 +7,7 @@ GAUDI_PY := $(GAUDI_VENV)/bin/python
 DATA := data/synthetic
 OUTDIR ?= outputs/cppe5
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: venv venv-gaudi data demo train eval-all-checkpoints infer test test-main test-gaudi bench lint clean
 
@@ -36,6 +37,12 @@ data: $(DATA)/annotations/train.json
 
 demo: $(VENV)/.installed
 	$(PY) -m detr_ft.demo
+
+# Stock path against ours on a DETR-R50-shaped random model (CPU): host syncs, compilations, compile warm-up,
+# eager steps/s, matcher and mAP-evaluation time. Prints a table, writes bench/results.json (gitignored).
+# BENCH_ARGS=--quick: a smoke run of every measure at toy sizes.
+bench: $(VENV)/.installed
+	$(PY) -m bench.run_bench $(BENCH_ARGS)
 
 # Fine-tune facebook/detr-resnet-50 on CPPE-5 (needs the hub), with the recommended static shapes.
 train: $(VENV)/.installed

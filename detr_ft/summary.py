@@ -61,10 +61,10 @@ class RunSummaryCallback(TrainerCallback):
     __init__ (it keeps autocast to itself), so read at the end it says fp32 on the Gaudi path."""
 
     def __init__(self, output_dir: str | Path, device_type: str, bucket_sizes: list[int] | None, image_size: int,
-                 precision: str | None = None):
+                 precision: str):
         self.path = Path(output_dir) / SUMMARY_FILE
-        self.summary = {"device": device_type, "image_size": image_size, "buckets": bucket_sizes}
-        self.precision = precision
+        self.summary = {"device": device_type, "precision": precision, "image_size": image_size,
+                        "buckets": bucket_sizes}
         self.compilations_before: dict[str, int] = {}
         self.counter: HostSyncCounter | None = None
         self.step_times: list[float] = []
@@ -104,7 +104,6 @@ class RunSummaryCallback(TrainerCallback):
             return
         self.summary.update(
             trainer="gaudi" if hasattr(args, "use_habana") else "hf",
-            precision=self.precision or precision_name(args),
             steps=state.global_step,
             epochs=state.epoch,
             steady_samples_per_second=self.steady_samples_per_second(args),

@@ -1,7 +1,8 @@
 """Synthetic COCO detection data: circles, squares and triangles on plain or noisy backgrounds.
 
 Each image is image_size x image_size with min_objects..max_objects shapes; an object's class is its shape
-(category ids 1..3, 1-based like CPPE-5) and its side is 12-40% of the image side. Colours are random but at
+(category ids 1..3, 1-based like CPPE-5) and its side is SIDE_RANGE of the image side (at 64 px, 13-29 px:
+a class must stay recognisable on a stride-8 feature map). Colours are random but at
 least MIN_CONTRAST away from the background colour, so every shape is visible. Shapes are placed without
 overlapping (so each box is fully visible) unless PLACEMENT_TRIES random positions all collide.
 Box = the tight pixel extent [x, y, w, h] of the drawn shape; area = w * h as in CPPE-5.
@@ -27,6 +28,7 @@ SPLITS = ("train", "validation", "test")
 MIN_CONTRAST = 150  # summed |RGB difference| between a shape's colour and the background colour
 NOISE_STD = 20.0  # per-pixel Gaussian noise of noisy backgrounds
 PLACEMENT_TRIES = 50
+SIDE_RANGE = (0.20, 0.45)  # fractions of the image side
 
 
 @dataclass
@@ -64,7 +66,7 @@ def _place_squares(rng: np.random.Generator, num_objects: int, image_size: int) 
     placed: list[tuple[int, int, int]] = []
     while len(placed) < num_objects:
         for _ in range(PLACEMENT_TRIES):
-            side = max(3, round(rng.uniform(0.12, 0.40) * image_size))
+            side = max(3, round(rng.uniform(*SIDE_RANGE) * image_size))
             x, y = rng.integers(0, image_size - side + 1, 2).tolist()
             apart = all(x + side <= px or px + ps <= x or y + side <= py or py + ps <= y for px, py, ps in placed)
             if apart:

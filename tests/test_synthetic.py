@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 
-from detr_ft.synthetic import CATEGORIES, draw_shape, write_synthetic_coco
+from detr_ft.synthetic import CATEGORIES, SIDE_RANGE, draw_shape, write_synthetic_coco
 
 SMALL = {"num_train": 30, "num_validation": 10, "num_test": 5, "image_size": 48, "min_objects": 2, "max_objects": 5}
 
@@ -61,7 +61,7 @@ def test_annotations_are_valid_coco(small_dir: Path, split: str, num_images: int
         for annotation in annotations:
             x, y, w, h = annotation["bbox"]
             assert 0 <= x and 0 <= y and x + w <= image["width"] and y + h <= image["height"]
-            assert 0.12 * 48 - 1 <= w <= 0.40 * 48 + 1
+            assert SIDE_RANGE[0] * 48 - 1 <= w <= SIDE_RANGE[1] * 48 + 1
             assert annotation["area"] == w * h
             assert annotation["iscrowd"] == 0
             assert annotation["category_id"] in {1, 2, 3}

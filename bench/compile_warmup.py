@@ -1,0 +1,91 @@
+"""torch.compile warm-up of one path: compilations and wall time of the first training steps, in a fresh process.
+
+Compiled on both paths alike: `model.model` (backbone, encoder, decoder) via `nn.Module.compile(dynamic=False)`. The
+class and box heads, the loss (ours copies the matching costs to the host for scipy, the stock one does so per
+layer), the backward (AOTAutograd's compiled backward of each compiled graph) and AdamW run around it, as in eager
+training. Static shapes (`dynamic=False`): every new input shape is compiled anew, as Gaudi's graph mode does, up to
+dynamo's recompile limit per frame (8), after which the frame runs eagerly. Automatic dynamic shapes (the default)
+crash on the stock path: inductor fails to lower the convolution backward of the symbolic-size feature map
+(torch 2.13, `ValueRangeError: Invalid ranges [0:-1]`).
+
+A compilation is one graph handed to the backend: the first one, each recompile for a new input shape, and each
+piece between graph breaks (the stock encoder layer's `if not torch.isfinite(...).all()` breaks the graph once per
+layer). The warm-up time is the wall time of the first `epochs * batches` training steps including all compilation.
+Each path runs in its own Python process with an empty inductor cache directory, so neither reuses what the other
+(or an earlier run) compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch._dynamo
+from torch._dynamo.backends.registry import lookup_backend
+from torch._dynamo.utils import counters
+
+from bench.workload import Workload, build_model, make_batches, make_samples, train_step
+
+
+class CountingBackend:
+    """A torch.compile backend that counts the graphs it compiles and hands them to `backend`."""
+
+    def __init__(self, backend: str) -> None:
+        self.compile_graph = lookup_backend(backend)
+        self.count = 0
+
+    def __call__(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        self.count += 1
+        return self.compile_graph(graph_module, example_inputs)
+
+
+def compile_warmup(workload: Workload, path: str, backend: str, epochs: int, batches: int) -> dict:
+    """Train `epochs` times over the first `batches` batches with `model.model` compiled, in this process:
+    compilations, graph breaks, wall time and the number of distinct image shapes."""
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_model(workload, path)
+    batches = make_batches(workload, path, make_samples(workload))[:batches]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    counting_backend = CountingBackend(backend)
+    model.model.compile(backend=counting_backend, dynamic=False)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in batches:
+            train_step(model, optimizer, batch)
+    return {
+        "compilations": counting_backend.count,
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "warmup_s": time.perf_counter() - start,
+        "steps": epochs * len(batches),
+        "image_shapes": len({tuple(batch["pixel_values"].shape) for batch in batches}),
+    }
+
+
+def compile_warmup_isolated(workload: Workload, path: str, backend: str, epochs: int, batches: int) -> dict:
+    """`compile_warmup` in a new Python process whose inductor cache directory is new and empty."""
+    with tempfile.TemporaryDirectory(prefix="bench_inductor_") as cache_dir:
+        result_file = Path(cache_dir) / "result.json"
+        request = json.dumps({"workload": asdict(workload), "path": path, "backend": backend, "epochs": epochs,
+                              "batches": batches})
+        finished = subprocess.run(
+            [sys.executable, "-m", "bench.compile_warmup", request, str(result_file)], capture_output=True, text=True,
+            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}, cwd=Path(__file__).parent.parent,
+        )
+        if finished.returncode != 0:
+            raise RuntimeError(f"compiling the {path} path failed:\n{finished.stderr[-3000:]}")
+        return json.loads(result_file.read_text())
+
+
+if __name__ == "__main__":
+    arguments = json.loads(sys.argv[1])
+    arguments["workload"] = Workload(**arguments["workload"])
+    Path(sys.argv[2]).write_text(json.dumps(compile_warmup(**arguments)))

@@ -1,0 +1,261 @@
+"""`make bench`: the stock DETR fine-tuning path against ours, on the same random DETR and synthetic data (see
+bench/workload.py), measured on this machine; prints a table and writes bench/results.json.
+
+    python -m bench.run_bench [--quick] [--output bench/results.json]
+
+Measures (medians of interleaved repeats where timed):
+- syncs_per_step: host syncs of one training step (forward, loss, backward), by `HostSyncCounter`;
+- recompiles / compile_warmup_s: graphs compiled and wall time of the first steps with `model.model` compiled
+  (bench/compile_warmup.py);
+- eager_steps_per_s: training steps (forward, loss, backward, AdamW) per second without compilation;
+- matcher_ms_per_step: transformers' HungarianMatcher once per decoder layer (as its loss calls it) against our
+  `hungarian_match` of all layers at once, on the same model outputs;
+- map_eval_s: pycocotools against our `coco_map` (bench/map_eval.py).
+
+`--quick` is a smoke run of every measure at toy sizes (a smaller transformer, fewer steps, the aot_eager compile
+backend, 200 images for mAP): its counts are meaningful, its timings are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import HfArgumentParser
+from transformers.loss.loss_for_object_detection import HungarianMatcher
+
+from bench.compile_warmup import compile_warmup_isolated
+from bench.map_eval import compare_map_evaluation
+from bench.workload import PATHS, Workload, build_model, make_batches, make_samples, train_step
+from detr_ft.matcher import hungarian_match
+from detr_ft.sync_audit import HostSyncCounter
+
+MAX_MAP_DIFF = 1e-4
+
+
+@dataclass
+class BenchArguments:
+    quick: bool = field(default=False, metadata={"help": "Smoke run of every measure at toy sizes (< 1 min)."})
+    output: str = field(default="bench/results.json", metadata={"help": "Where to write the results (json)."})
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    workload: Workload = Workload()
+    sync_steps: int = 2
+    eager_repeats: int = 3
+    matcher_repeats: int = 5
+    compile_backend: str = "inductor"
+    compile_epochs: int = 2
+    compile_batches: int = 4
+    map_images: int = 5000
+    map_detections_per_image: int = 100
+
+
+FULL = BenchSizes()
+QUICK = BenchSizes(
+    workload=Workload(image_size=64, min_side=40, batch_size=2, batches_per_epoch=3, d_model=32, ffn_dim=64,
+                      encoder_layers=2, decoder_layers=2, num_queries=20, backbone_width=8),
+    sync_steps=1, eager_repeats=2, matcher_repeats=2, compile_backend="aot_eager", compile_epochs=1,
+    compile_batches=3, map_images=200,
+)
+
+
+def syncs_per_step(workload: Workload, steps: int) -> dict[str, dict]:
+    """Host syncs per training step (forward, loss, backward) on each path, over its first `steps` batches."""
+    samples = make_samples(workload)
+    results = {}
+    for path in PATHS:
+        model = build_model(workload, path)
+        with HostSyncCounter() as counter:
+            for batch in make_batches(workload, path, samples)[:steps]:
+                model(**batch).loss.backward()
+        results[path] = {"per_step": counter.count / steps, "by_op": {op: n / steps for op, n in counter.by_op.items()}}
+    return results
+
+
+def eager_steps_per_s(workload: Workload, repeats: int) -> dict[str, float]:
+    """Median training steps per second of each path; the paths alternate, one epoch per turn, after a warm-up step."""
+    samples = make_samples(workload)
+    runs = {}
+    for path in PATHS:
+        model = build_model(workload, path)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        batches = make_batches(workload, path, samples)
+        train_step(model, optimizer, batches[0])
+        runs[path] = (model, optimizer, batches)
+    rates: dict[str, list[float]] = {path: [] for path in PATHS}
+    for _ in range(repeats):
+        for path, (model, optimizer, batches) in runs.items():
+            start = time.perf_counter()
+            for batch in batches:
+                train_step(model, optimizer, batch)
+            rates[path].append(len(batches) / (time.perf_counter() - start))
+    return {path: statistics.median(values) for path, values in rates.items()}
+
+
+@torch.no_grad()
+def matcher_ms_per_step(workload: Workload, repeats: int) -> dict[str, float]:
+    """Median milliseconds per batch of each matcher over all decoder layers' outputs of the same forward."""
+    model = build_model(workload, "ours")
+    config = model.config
+    costs = {"class_cost": config.class_cost, "bbox_cost": config.bbox_cost, "giou_cost": config.giou_cost}
+    stock_matcher = HungarianMatcher(**costs)
+    samples = make_samples(workload)
+    cases = []
+    for stock_batch, our_batch in zip(*(make_batches(workload, path, samples) for path in PATHS), strict=True):
+        decoded = model.model(our_batch["pixel_values"], our_batch["pixel_mask"]).intermediate_hidden_states
+        logits = model.class_labels_classifier(decoded)  # (L, B, Q, C+1)
+        boxes = model.bbox_predictor(decoded).sigmoid()  # (L, B, Q, 4)
+        cases.append((logits, boxes, stock_batch["labels"], our_batch["labels"]))
+
+    def stock(logits, boxes, stock_labels, _):
+        for layer_logits, layer_boxes in zip(logits, boxes, strict=True):
+            stock_matcher({"logits": layer_logits, "pred_boxes": layer_boxes}, stock_labels)
+
+    def ours(logits, boxes, _, padded_labels):
+        hungarian_match(logits, boxes, padded_labels, **costs)
+
+    times: dict[str, list[float]] = {"stock": [], "ours": []}
+    for _ in range(repeats):
+        for name, match in (("stock", stock), ("ours", ours)):
+            start = time.perf_counter()
+            for case in cases:
+                match(*case)
+            times[name].append(1000 * (time.perf_counter() - start) / len(cases))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def machine_info() -> dict:
+    cpu_model = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu_model = names[0] if names else cpu_model
+    return {
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": cpu_model,
+        "machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the compile runs): on an idle machine with n cores the
+    wall time lies between this / n and this."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("inf")
+
+
+def judge_goals(results: dict) -> dict[str, dict]:
+    """The issue's goals, each with its target, the measured value and whether it is met."""
+    syncs, compiles = results["syncs_per_step"], results["recompiles"]
+    return {
+        "syncs": {"target": "ours == 1 and stock >= 14", "value": [syncs["stock"], syncs["ours"]],
+                  "met": syncs["ours"] == 1 and syncs["stock"] >= 14},
+        "recompiles": {"target": "ours == number of buckets (1)", "value": compiles["ours"],
+                       "met": compiles["ours"] == results["num_buckets"]},
+        "eager_ratio": {"target": "ours / stock >= 1.0", "value": results["eager_ratio"],
+                        "met": results["eager_ratio"] >= 1.0},
+        "compile_warmup": {"target": "stock / ours >= 5", "value": results["compile_warmup_speedup"],
+                           "met": results["compile_warmup_speedup"] >= 5},
+        "map_eval": {"target": "pycocotools / ours >= 5 and max abs diff <= 1e-4",
+                     "value": [results["map_eval_speedup"], results["map_max_abs_diff"]],
+                     "met": results["map_eval_speedup"] >= 5 and results["map_max_abs_diff"] <= MAX_MAP_DIFF},
+    }
+
+
+def run(sizes: BenchSizes) -> dict:
+    start, start_cpu = time.perf_counter(), cpu_seconds()
+    workload = sizes.workload
+    results: dict = {"machine": machine_info(), "sizes": asdict(sizes), "num_buckets": 1}
+    syncs = syncs_per_step(workload, sizes.sync_steps)
+    results["syncs_per_step"] = {path: syncs[path]["per_step"] for path in PATHS}
+    results["syncs_by_op"] = {path: syncs[path]["by_op"] for path in PATHS}
+
+    compile_run = (sizes.compile_backend, sizes.compile_epochs, sizes.compile_batches)
+    compiles = {path: compile_warmup_isolated(workload, path, *compile_run) for path in PATHS}
+    results["compiled"] = ("model.model (backbone + encoder + decoder), dynamic=False; heads, loss, backward, AdamW "
+                           "around it")
+    results["compile_backend"] = sizes.compile_backend
+    results["compile_warmup_steps"] = compiles["ours"]["steps"]
+    results["recompiles"] = {path: compiles[path]["compilations"] for path in PATHS}
+    results["graph_breaks"] = {path: compiles[path]["graph_breaks"] for path in PATHS}
+    results["image_shapes_compiled"] = {path: compiles[path]["image_shapes"] for path in PATHS}
+    results["compile_warmup_s"] = {path: compiles[path]["warmup_s"] for path in PATHS}
+    results["compile_warmup_speedup"] = ratio(compiles["stock"]["warmup_s"], compiles["ours"]["warmup_s"])
+
+    results["eager_steps_per_s"] = eager_steps_per_s(workload, sizes.eager_repeats)
+    results["eager_ratio"] = ratio(results["eager_steps_per_s"]["ours"], results["eager_steps_per_s"]["stock"])
+    results["matcher_ms_per_step"] = matcher_ms_per_step(workload, sizes.matcher_repeats)
+
+    map_eval = compare_map_evaluation(sizes.map_images, sizes.map_detections_per_image, workload.seed)
+    results["map_eval_s"] = map_eval["seconds"]
+    results["map_eval_speedup"] = ratio(map_eval["seconds"]["pycocotools"], map_eval["seconds"]["ours"])
+    results["map_eval_images"], results["map_eval_detections"] = map_eval["images"], map_eval["detections"]
+    results["map"] = map_eval["map"]
+    results["map_max_abs_diff"] = map_eval["max_abs_diff"]
+    results["goals"] = judge_goals(results)
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    results["total_s"] = time.perf_counter() - start
+    results["total_cpu_s"] = cpu_seconds() - start_cpu
+    return results
+
+
+def format_table(results: dict) -> str:
+    """Markdown table: one row per measure with stock, ours, ours' speed-up for timings, and the issue's goal."""
+    goals = results["goals"]
+    rows = [
+        ("host syncs per step", results["syncs_per_step"], "{:.0f}", None, goals["syncs"]),
+        (f"graph compilations, {results['compile_warmup_steps']} steps", results["recompiles"], "{:d}", None,
+         goals["recompiles"]),
+        (f"compile warm-up s, {results['compile_warmup_steps']} steps", results["compile_warmup_s"], "{:.1f}",
+         "time", goals["compile_warmup"]),
+        ("eager steps/s", results["eager_steps_per_s"], "{:.3f}", "rate", goals["eager_ratio"]),
+        ("matcher ms per step", results["matcher_ms_per_step"], "{:.1f}", "time", None),
+        (f"mAP eval s, {results['map_eval_images']} images", results["map_eval_s"], "{:.1f}", "time",
+         goals["map_eval"]),
+    ]
+    lines = ["| measure | stock | ours | ours' speed-up | goal met |", "| --- | ---: | ---: | ---: | --- |"]
+    for name, values, number, unit, goal in rows:
+        stock = values["pycocotools" if "pycocotools" in values else "stock"]
+        ours = values["ours"]
+        speedup = {"time": ratio(stock, ours), "rate": ratio(ours, stock)}.get(unit)
+        versus = "" if speedup is None else f"{speedup:.2f}x"
+        met = "" if goal is None else ("yes" if goal["met"] else "no") + f" ({goal['target']})"
+        lines.append(f"| {name} | {number.format(stock)} | {number.format(ours)} | {versus} | {met} |")
+    machine = results["machine"]
+    lines.append(
+        f"\nmAP max |diff| {results['map_max_abs_diff']:.2e}; {machine['cpu_count']} x {machine['processor']}, "
+        f"torch {machine['torch']}, compile backend {results['compile_backend']}, load average "
+        f"{machine['load_average_at_start']:.1f} -> {machine['load_average_at_end']:.1f}, "
+        f"total {results['total_s']:.0f} s wall, {results['total_cpu_s']:.0f} s CPU"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(argv)
+    results = run(QUICK if args.quick else FULL)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    print(format_table(results))
+    print(f"results: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
