@@ -18,12 +18,12 @@ REPO = Path(__file__).resolve().parent.parent
 ENTRY = REPO / "run_object_detection.py"
 
 
-def tiny_coco(folder: Path, num_train: int = 4, objects_per_image: tuple[int, int] = (1, 3)) -> Path:
+def tiny_coco(folder: Path, num_train: int = 4, objects_per_image: tuple[int, int] = (1, 3), seed: int = 0) -> Path:
     from detr_ft.synthetic import write_synthetic_coco
 
     if not (folder / "annotations" / "train.json").exists():
         write_synthetic_coco(folder, num_train=num_train, num_validation=2, image_size=32,
-                             min_objects=objects_per_image[0], max_objects=objects_per_image[1], seed=0)
+                             min_objects=objects_per_image[0], max_objects=objects_per_image[1], seed=seed)
     return folder
 
 

@@ -36,7 +36,8 @@ def pretrained_tiny_detr(folder):
 
 
 def run_argv(tmp_path, output_dir, batch_size: int, *extra: str) -> list[str]:
-    data_dir = tiny_coco(tmp_path / "coco", num_train=8, objects_per_image=(1, 4))
+    # seed 2: the two processes' first batches hold 4 and 8 objects
+    data_dir = tiny_coco(tmp_path / "coco", num_train=8, objects_per_image=(1, 4), seed=2)
     return [*entry_argv(data_dir, output_dir), "--model_name_or_path", str(pretrained_tiny_detr(tmp_path / "detr")),
             "--per_device_train_batch_size", str(batch_size), "--augment", "false",
             "--train_sampling_strategy", "sequential", "--max_steps", str(STEPS), "--ckpt_store_interval_epochs", "10",

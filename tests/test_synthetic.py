@@ -82,8 +82,10 @@ def test_box_is_the_tight_extent_of_the_drawn_shape(category_id: int, side: int)
     assert extent == [5, 9, side, side]
 
 
-def test_objects_do_not_overlap_when_there_is_room(small_dir: Path) -> None:
-    coco = json.loads((small_dir / "annotations" / "validation.json").read_text())
+def test_objects_do_not_overlap_when_there_is_room(tmp_path: Path) -> None:
+    roomy = write_synthetic_coco(tmp_path, num_train=1, num_validation=20, image_size=64, min_objects=1,
+                                 max_objects=3, seed=3)  # three shapes of at most 29 px fit in 64 x 64
+    coco = json.loads((roomy / "annotations" / "validation.json").read_text())
     boxes_per_image: dict[int, list] = {}
     for annotation in coco["annotations"]:
         boxes_per_image.setdefault(annotation["image_id"], []).append(annotation["bbox"])
