@@ -39,21 +39,34 @@ def preprocess_logits_for_metrics(outputs: tuple, labels: dict | list[dict]) -> 
     return torch.cat([detections, index_column], dim=-1)  # (B, Q, 7)
 
 
-class CocoMetrics:
-    """`compute_metrics` for the Trainer with `batch_eval_metrics`: collects each batch's rows, scores at the end."""
+class RowCollector:
+    """`compute_metrics` for `batch_eval_metrics` that keeps each batch's rows (B, Q, 7) and scores nothing."""
 
-    def __init__(self, split: CocoSplit, label_to_category_id: dict[int, int], id2label: dict[int, str]):
-        self.split = split
-        self.label_to_category_id = label_to_category_id
-        self.category_names = {label_to_category_id[label]: name for label, name in id2label.items()}
+    def __init__(self):
         self.rows: list[np.ndarray] = []
 
     def __call__(self, prediction: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
         self.rows.append(torch.as_tensor(prediction.predictions).float().cpu().numpy())  # (B, Q, 7)
-        if not compute_result:
-            return {}
+        return {}
+
+    def take(self) -> np.ndarray:
+        """All rows collected so far (N, Q, 7), and a fresh start for the next evaluation."""
         rows, self.rows = np.concatenate(self.rows), []
-        return self.score(rows)
+        return rows
+
+
+class CocoMetrics(RowCollector):
+    """`compute_metrics` for the Trainer with `batch_eval_metrics`: collects each batch's rows, scores at the end."""
+
+    def __init__(self, split: CocoSplit, label_to_category_id: dict[int, int], id2label: dict[int, str]):
+        super().__init__()
+        self.split = split
+        self.label_to_category_id = label_to_category_id
+        self.category_names = {label_to_category_id[label]: name for label, name in id2label.items()}
+
+    def __call__(self, prediction: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
+        super().__call__(prediction)
+        return self.score(self.take()) if compute_result else {}
 
     def score(self, rows: np.ndarray) -> dict[str, float]:
         """mAP of rows (N, Q, 7) as made by `preprocess_logits_for_metrics`; filler rows (index -1) skipped."""
@@ -77,17 +90,6 @@ def label_to_category_ids(id2label: dict[int, str], categories: list[dict]) -> d
     return {label: category_of[name] for label, name in id2label.items()}
 
 
-class RowCollector:
-    """`compute_metrics` for `batch_eval_metrics` that keeps each batch's rows (B, Q, 7) and scores nothing."""
-
-    def __init__(self):
-        self.rows: list[np.ndarray] = []
-
-    def __call__(self, prediction: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
-        self.rows.append(torch.as_tensor(prediction.predictions).float().cpu().numpy())  # (B, Q, 7)
-        return {}
-
-
 def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, pad_to: int | None, batch_size: int,
                  show_progress: bool = True) -> np.ndarray:
     """Rows (N, Q, 7) [score, label, cx, cy, w, h, image_index] for the N images of `dataset`, in dataset order.
@@ -106,6 +108,6 @@ def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, pad_to: int 
         if not show_progress:
             trainer.remove_callback(PrinterCallback)  # it would print the loop's timing dict instead
         trainer.evaluate(ignore_keys=EVAL_IGNORE_KEYS)
-    rows = np.concatenate(collector.rows)  # (N + fillers, Q, 7)
+    rows = collector.take()  # (N + fillers, Q, 7)
     rows = rows[rows[:, 0, 6] >= 0]  # (N, Q, 7)
     return rows[np.argsort(rows[:, 0, 6], kind="stable")]  # (N, Q, 7)
