@@ -33,8 +33,8 @@ def gaudi_run(tmp_path_factory) -> Path:
         "--pad_images", "--image_size", "64", "--pad_objects", "--num_buckets", "1",
         "--autocast",  # the seed's name for bf16 autocast: GaudiConfig.use_torch_autocast, CPU autocast off Gaudi
         "--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", str(BATCH_SIZE),
-        "--per_device_eval_batch_size", "8", "--logging_steps", "1", "--report_to", "none", "--seed", "0",
-    ])
+        "--per_device_eval_batch_size", "8", "--logging_steps", "1", "--seed", "0",
+    ])  # report_to stays at its default, TensorBoard: requirements-gaudi.txt must bring it
     assert status == 0
     return output_dir
 
@@ -78,3 +78,7 @@ def test_gaudi_run_writes_the_summary(gaudi_run):
     # transformers 4.55 runs DETR's forward unpatched: its encoder layers still read isfinite() on the host.
     assert summary["host_syncs_per_step"] >= 1
     assert summary["graph_compilations"] == {}  # no HPU, no torch.compile
+
+
+def test_gaudi_run_logs_to_tensorboard(gaudi_run):
+    assert list(gaudi_run.rglob("events.out.tfevents.*"))
