@@ -117,10 +117,6 @@ def optimizer_param_groups(model: nn.Module, learning_rate: float, backbone_lr: 
     ]
 
 
-def count_trainable(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def build_optimizer(model: nn.Module, learning_rate: float, backbone_lr: float, weight_decay: float,
                     optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW) -> torch.optim.Optimizer:
     """Build it after the model is on its device: moving to HPU may replace the parameter objects."""

@@ -13,10 +13,7 @@ from torch import nn
 TRAINABLE_STAGES = ("stages.1.", "stages.2.", "stages.3.")
 
 
-def train_resnet_stages(backbone: nn.Module) -> int:
-    """Set requires_grad on `backbone` (an HF ResNetBackbone) as DETR does; returns the trainable count."""
-    trainable = 0
+def train_resnet_stages(backbone: nn.Module) -> None:
+    """Set requires_grad on `backbone` (an HF ResNetBackbone) as DETR does."""
     for name, parameter in backbone.named_parameters():
         parameter.requires_grad_(any(stage in name for stage in TRAINABLE_STAGES))
-        trainable += parameter.numel() if parameter.requires_grad else 0
-    return trainable

@@ -4,10 +4,14 @@ import torch
 from torch import nn
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-from detr_ft.model import build_model, count_trainable, optimizer_param_groups
+from detr_ft.model import build_model, optimizer_param_groups
 from patches.detr_backbone_stages import TRAINABLE_STAGES
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
+
+
+def count_trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def saved_resnet_detr(path):
