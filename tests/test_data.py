@@ -10,6 +10,7 @@ from detr_ft.data import (
     DetectionDataset,
     PaddedToMultiple,
     carve_validation,
+    coco_from_hub_split,
     label_maps,
     load_coco_folder,
     train_augmentation,
@@ -110,3 +111,30 @@ def test_eval_padding_is_a_no_op_on_multiples(synthetic_dir, multiple):
     split = load_coco_folder(synthetic_dir, "validation")
     dataset = DetectionDataset(split, label_maps(split.coco["categories"])[0], 64)
     assert len(PaddedToMultiple(dataset, multiple)) == 24
+
+
+def test_hub_split_in_the_cppe5_layout_becomes_a_coco_split():
+    """The hub path cannot reach the hub here: an in-memory datasets split with CPPE-5's features stands in."""
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    names = ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
+    features = Features({
+        "image_id": Value("int64"), "image": ImageFeature(), "width": Value("int32"), "height": Value("int32"),
+        "objects": Sequence({"id": Value("int64"), "area": Value("int64"),
+                             "bbox": Sequence(Value("float32"), length=4), "category": ClassLabel(names=names)}),
+    })
+    rgba = Image.new("RGBA", (40, 30), (10, 20, 30, 128))
+    hub = Dataset.from_dict({
+        "image_id": [7, 9], "image": [rgba, Image.new("RGB", (20, 20))], "width": [40, 20], "height": [30, 20],
+        "objects": [{"id": [1, 2], "area": [20, 4], "bbox": [[1, 2, 5, 4], [0, 0, 2, 2]], "category": [4, 0]},
+                    {"id": [3], "area": [9], "bbox": [[3, 3, 3, 3]], "category": [2]}],
+    }, features=features)
+    split = coco_from_hub_split(hub, "train")
+    assert [c["name"] for c in sorted(split.coco["categories"], key=lambda c: c["id"])] == names
+    assert [(a["image_id"], a["category_id"], a["bbox"]) for a in split.coco["annotations"]] == [
+        (7, 4, [1, 2, 5, 4]), (7, 0, [0, 0, 2, 2]), (9, 2, [3, 3, 3, 3])]
+    assert [(i["id"], i["width"], i["height"]) for i in split.coco["images"]] == [(7, 40, 30), (9, 20, 20)]
+    image = split.open_image(0)
+    assert image.mode == "RGB" and image.size == (40, 30)
