@@ -50,3 +50,26 @@ def test_overflowing_batch_gets_its_own_shape(caplog):
     labels = DetectionCollator(bucket_sizes=[2])([sample(8, 8, 5)])["labels"]
     assert labels["valid"].shape == (1, 5) and labels["valid"].all()
     assert "more than the largest bucket" in caplog.text
+
+
+def test_fuller_eval_images_get_one_more_bucket_and_a_queries_warning(tmp_path, caplog):
+    import shutil
+
+    from detr_ft.args import DataArguments, StaticShapeArguments
+    from detr_ft.synthetic import write_synthetic_coco
+    from detr_ft.training import prepare_data, warn_queries_overflow
+
+    data_dir = write_synthetic_coco(tmp_path / "data", num_train=8, num_validation=1, image_size=48, max_objects=2)
+    fuller = write_synthetic_coco(tmp_path / "fuller", num_train=1, num_validation=3, image_size=48, min_objects=5,
+                                  max_objects=6)
+    shutil.copy(fuller / "annotations" / "validation.json", data_dir / "annotations" / "validation.json")
+    for image in (fuller / "images").glob("validation_*"):
+        shutil.copy(image, data_dir / "images" / image.name)
+    data = prepare_data(DataArguments(dataset_dir=str(data_dir), image_size=48),
+                        StaticShapeArguments(pad_objects=True, num_buckets=1))
+    eval_max = int(data.eval.object_counts().max())
+    assert data.bucket_sizes == [2] and eval_max >= 5
+    assert data.collator(48).bucket_sizes == [2, eval_max]
+    warn_queries_overflow(data, num_queries=4)
+    assert "eval: 3 images have more objects than num_queries=4" in caplog.text
+    assert not any("train:" in r.getMessage() and "num_queries" in r.getMessage() for r in caplog.records)
