@@ -31,7 +31,7 @@ $(GAUDI_VENV)/.installed: requirements-gaudi.txt
 venv-gaudi: $(GAUDI_VENV)/.installed
 
 $(DATA)/annotations/train.json: | $(VENV)/.installed
-	$(PY) -m detr_ft.synthetic --output_dir $(DATA)
+	$(PY) -m detr_ft.data.synthetic --output_dir $(DATA)
 
 data: $(DATA)/annotations/train.json
 
@@ -53,14 +53,14 @@ train: $(VENV)/.installed
 # mAP of every complete checkpoint of OUTDIR on the run's eval split (ARGS="--split test", ARGS=--redo):
 # checkpoint_metrics.csv/.json (best checkpoint named) and map_vs_epoch.png, written into OUTDIR.
 eval-all-checkpoints: $(VENV)/.installed
-	$(PY) -m detr_ft.eval_checkpoints --run_dir $(OUTDIR) $(ARGS)
+	$(PY) -m detr_ft.evaluation.eval_checkpoints --run_dir $(OUTDIR) $(ARGS)
 
 # Detections of MODEL (default: OUTDIR's final model; or one of its checkpoint-N folders) on the run's eval
 # split, or on IMAGES=<folder>: predictions.json (COCO results), annotated/, metrics.json, in INFER_DIR.
 MODEL ?= $(OUTDIR)
 INFER_DIR ?= $(OUTDIR)/inference
 infer: $(VENV)/.installed
-	$(PY) -m detr_ft.inference --model_path $(MODEL) --output_dir $(INFER_DIR) \
+	$(PY) -m detr_ft.evaluation.inference --model_path $(MODEL) --output_dir $(INFER_DIR) \
 		$(if $(IMAGES),--images_dir $(IMAGES)) $(ARGS)
 
 test-main: $(VENV)/.installed

@@ -10,8 +10,8 @@ mAP is evaluated at every checkpoint interval (`--ckpt_store_interval_epochs`) i
 import logging
 import sys
 
-from detr_ft.args import parse_arguments
-from detr_ft.devices import DeviceSettingsError, check_device_settings
+from detr_ft.train.arguments import parse_arguments
+from detr_ft.train.devices import DeviceSettingsError, check_device_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,16 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
     from transformers import set_seed
 
-    from detr_ft.callbacks import MapHistoryCallback, format_table, read_history
-    from detr_ft.checkpoints import CheckpointCompleteCallback
-    from detr_ft.data import PaddedToMultiple
-    from detr_ft.devices import adamw_class, build_trainer, training_arguments
-    from detr_ft.evaluation import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
-    from detr_ft.guards import NonFiniteLossError, NonFiniteLossGuard
-    from detr_ft.model import build_model, build_optimizer, default_image_size, is_preset
-    from detr_ft.static_shapes import use_static_shape_loss
-    from detr_ft.summary import RunSummaryCallback, precision_name
-    from detr_ft.training import (
+    from detr_ft.train.map_history import MapHistoryCallback, format_table, read_history
+    from detr_ft.train.checkpoints import CheckpointCompleteCallback
+    from detr_ft.data.dataset import PaddedToMultiple
+    from detr_ft.train.devices import adamw_class, build_trainer, training_arguments
+    from detr_ft.evaluation.loop import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
+    from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
+    from detr_ft.model.build import build_model, build_optimizer, default_image_size, is_preset
+    from detr_ft.model.static_shapes import use_static_shape_loss
+    from detr_ft.train.run_summary import RunSummaryCallback, precision_name
+    from detr_ft.data.prepare import (
         finalize_training_arguments,
         image_processor,
         prepare_data,
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         save_run_arguments,
         warn_queries_overflow,
     )
-    from detr_ft.validation import DatasetError
+    from detr_ft.data.validation import DatasetError
     from patches import trainer_resume_weights
 
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.

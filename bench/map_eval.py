@@ -1,4 +1,4 @@
-"""mAP evaluation time: pycocotools COCOeval against ours (`detr_ft.metrics.coco_map`) on the same detections.
+"""mAP evaluation time: pycocotools COCOeval against ours (`detr_ft.evaluation.coco_map.coco_map`) on the same detections.
 
 Synthetic ground truth: CPPE-5-like images (640-1333 px sides, the workload's skewed objects-per-image count, 5
 categories) and DETR-like detections, exactly `detections_per_image` per image (DETR scores every query): each GT
@@ -19,7 +19,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from bench.workload import MAX_OBJECTS, MEDIAN_OBJECTS, NUM_LABELS
-from detr_ft.metrics import SUMMARY_NAMES, coco_map
+from detr_ft.evaluation.coco_map import SUMMARY_NAMES, coco_map
 
 
 def synthetic_coco(num_images: int, detections_per_image: int, seed: int) -> tuple[dict, list[dict]]:

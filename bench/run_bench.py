@@ -36,8 +36,8 @@ from transformers.loss.loss_for_object_detection import HungarianMatcher
 from bench.compile_warmup import compile_warmup_isolated
 from bench.map_eval import compare_map_evaluation
 from bench.workload import PATHS, Workload, build_model, make_batches, make_samples, train_step
-from detr_ft.matcher import hungarian_match
-from detr_ft.sync_audit import HostSyncCounter
+from detr_ft.model.matcher import hungarian_match
+from detr_ft.train.sync_audit import HostSyncCounter
 
 MAX_MAP_DIFF = 1e-4
 

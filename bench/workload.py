@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-from detr_ft.collate import DetectionCollator, compute_bucket_sizes
-from detr_ft.static_shapes import use_static_shape_loss
+from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
+from detr_ft.model.static_shapes import use_static_shape_loss
 
 PATHS = ("stock", "ours")
 NUM_LABELS = 5

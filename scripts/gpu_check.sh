@@ -57,7 +57,7 @@ from pathlib import Path
 
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-from detr_ft.synthetic import write_synthetic_coco
+from detr_ft.data.synthetic import write_synthetic_coco
 
 work, size, tiny = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 write_synthetic_coco(work / "data", num_train=256, num_validation=16, image_size=size, seed=0)

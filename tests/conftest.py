@@ -26,7 +26,7 @@ def cppe5_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """64 px shapes: 96 train and 24 validation images, 1-4 objects each."""
-    from detr_ft.synthetic import write_synthetic_coco
+    from detr_ft.data.synthetic import write_synthetic_coco
 
     return write_synthetic_coco(tmp_path_factory.mktemp("synthetic"), num_train=96, num_validation=24,
                                 image_size=64, seed=0)
@@ -37,7 +37,7 @@ IMAGE_SIZE, SIDE = 64, 26
 
 def write_centered_shapes(folder: Path, num_images: dict[str, int], seed: int = 0) -> Path:
     """A COCO folder whose every image holds one shape (random class) in the same central box."""
-    from detr_ft.synthetic import CATEGORIES, draw_shape
+    from detr_ft.data.synthetic import CATEGORIES, draw_shape
 
     rng = np.random.default_rng(seed)
     offset = (IMAGE_SIZE - SIDE) // 2

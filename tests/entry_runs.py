@@ -19,7 +19,7 @@ ENTRY = REPO / "run_object_detection.py"
 
 
 def tiny_coco(folder: Path, num_train: int = 4, objects_per_image: tuple[int, int] = (1, 3), seed: int = 0) -> Path:
-    from detr_ft.synthetic import write_synthetic_coco
+    from detr_ft.data.synthetic import write_synthetic_coco
 
     if not (folder / "annotations" / "train.json").exists():
         write_synthetic_coco(folder, num_train=num_train, num_validation=2, image_size=32,

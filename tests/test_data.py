@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from detr_ft.data import (
+from detr_ft.data.dataset import (
     DetectionDataset,
     PaddedToMultiple,
     carve_validation,

@@ -19,7 +19,7 @@ import torch
 from entry_runs import ENTRY, entry_argv, logged_losses, run_in_process, tiny_coco
 from transformers import DetrConfig, DetrForObjectDetection
 
-from detr_ft.model import preset_settings
+from detr_ft.model.build import preset_settings
 
 STEPS = 3
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import run_object_detection
-from detr_ft.args import parse_arguments
-from detr_ft.collate import DetectionCollator
-from detr_ft.devices import DeviceSettingsError, check_device_settings, training_arguments
-from detr_ft.model import build_model
-from detr_ft.static_shapes import use_static_shape_loss
-from detr_ft.summary import SUMMARY_FILE, graph_compilations, hpu_graph_compilations
+from detr_ft.train.arguments import parse_arguments
+from detr_ft.data.padding import DetectionCollator
+from detr_ft.train.devices import DeviceSettingsError, check_device_settings, training_arguments
+from detr_ft.model.build import build_model
+from detr_ft.model.static_shapes import use_static_shape_loss
+from detr_ft.train.run_summary import SUMMARY_FILE, graph_compilations, hpu_graph_compilations
 
 LAZY_FLAGS = ["--use_habana", "--use_lazy_mode", "--pad_objects", "--num_buckets", "1"]
 
@@ -69,7 +69,7 @@ def test_entry_refuses_contradictions_before_building_a_model(no_lazy_mode_env, 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was built despite contradictory device settings")
 
-    no_lazy_mode_env.setattr("detr_ft.model.build_model", no_model)
+    no_lazy_mode_env.setattr("detr_ft.model.build.build_model", no_model)
     no_lazy_mode_env.setenv("PT_HPU_LAZY_MODE", "0")
     output_dir = tmp_path / "run"
 

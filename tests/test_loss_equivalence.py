@@ -8,9 +8,9 @@ import torch
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss, HungarianMatcher
 
-from detr_ft.collate import DetectionCollator
-from detr_ft.loss import padded_detr_loss
-from detr_ft.matcher import UNMATCHED, hungarian_match
+from detr_ft.data.padding import DetectionCollator
+from detr_ft.model.loss import padded_detr_loss
+from detr_ft.model.matcher import UNMATCHED, hungarian_match
 
 NUM_QUERIES, NUM_LABELS, DECODER_LAYERS = 10, 5, 3
 DATASET_MAX_OBJECTS = 12  # more than NUM_QUERIES: such an image gets only NUM_QUERIES matches

@@ -1,4 +1,4 @@
-"""detr_ft.metrics against the references: pycocotools COCOeval for mAP, transformers' DETR post-processing."""
+"""detr_ft.evaluation.coco_map against the references: pycocotools COCOeval for mAP, transformers' DETR post-processing."""
 
 import contextlib
 import copy
@@ -16,7 +16,7 @@ from transformers.image_transforms import center_to_corners_format
 from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
 from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
-from detr_ft.metrics import SUMMARY_NAMES, coco_map, detections_from_predictions, postprocess_logits
+from detr_ft.evaluation.coco_map import SUMMARY_NAMES, coco_map, detections_from_predictions, postprocess_logits
 
 
 def coco_map_pycocotools(coco_gt: dict, detections: list[dict]) -> dict[str, float]:

@@ -17,7 +17,7 @@ from entry_runs import (
     tiny_coco,
 )
 
-from detr_ft.checkpoints import COMPLETE_MARKER
+from detr_ft.train.checkpoints import COMPLETE_MARKER
 
 
 def kill_after_checkpoint(command: list[str], marker, timeout: float = 300.0) -> int:

@@ -9,9 +9,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-from detr_ft.collate import DetectionCollator
-from detr_ft.loss import padded_detr_loss
-from detr_ft.sync_audit import HostSyncCounter
+from detr_ft.data.padding import DetectionCollator
+from detr_ft.model.loss import padded_detr_loss
+from detr_ft.train.sync_audit import HostSyncCounter
 from patches import detr_encoder_sync, detr_mask_sync
 
 ENCODER_LAYERS, DECODER_LAYERS = 6, 2

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detr_ft.data import CocoSplit, DetectionDataset, label_maps, load_coco_folder
-from detr_ft.validation import DatasetError, validate_split
+from detr_ft.data.dataset import CocoSplit, DetectionDataset, label_maps, load_coco_folder
+from detr_ft.data.validation import DatasetError, validate_split
 
 
 @pytest.fixture(scope="module")
 def good_dir(tmp_path_factory) -> Path:
-    from detr_ft.synthetic import write_synthetic_coco
+    from detr_ft.data.synthetic import write_synthetic_coco
 
     return write_synthetic_coco(tmp_path_factory.mktemp("good"), num_train=12, num_validation=4, image_size=64,
                                 seed=0)

@@ -15,7 +15,7 @@ pytest.importorskip("optimum.habana", reason="optimum-habana lives in .venv-gaud
 from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments  # noqa: E402
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig  # noqa: E402
 
-from detr_ft.evaluation import EVAL_IGNORE_KEYS  # noqa: E402
+from detr_ft.evaluation.loop import EVAL_IGNORE_KEYS  # noqa: E402
 
 IMAGE_SIZE = 64
 NUM_LABELS = 3

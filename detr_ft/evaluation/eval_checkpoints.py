@@ -1,9 +1,9 @@
 """`make eval-all-checkpoints OUTDIR=<run dir>`: mAP of every complete checkpoint of a run, in step order.
 
-    python -m detr_ft.eval_checkpoints --run_dir outputs/demo [--split test] [--redo]
+    python -m detr_ft.evaluation.eval_checkpoints --run_dir outputs/demo [--split test] [--redo]
 
 Data, image size and padding default to the run's own (`run_args.json`, each checkpoint's preprocessor_config.json),
-and the evaluation is training's (`detr_ft.evaluation.predict_rows` + `CocoMetrics.score`), so a checkpoint scores
+and the evaluation is training's (`detr_ft.evaluation.loop.predict_rows` + `CocoMetrics.score`), so a checkpoint scores
 the mAP that eval_history.json logged for it. Writes `checkpoint_metrics.json` / `.csv` (one row per checkpoint,
 the best by mAP named) and `map_vs_epoch.png` into the run dir. Checkpoints already in checkpoint_metrics.json
 for the same settings are not evaluated again (unless --redo); incomplete checkpoints (no marker) and unreadable
@@ -25,15 +25,15 @@ import transformers
 from tqdm import tqdm
 from transformers import DetrForObjectDetection, HfArgumentParser
 
-from detr_ft.args import TRAINING_DEFAULTS, DataArguments
-from detr_ft.callbacks import write_json_atomic
-from detr_ft.checkpoints import checkpoint_step, complete_checkpoints
-from detr_ft.data import CocoSplit, DetectionDataset
-from detr_ft.evaluation import CocoMetrics, label_to_category_ids, predict_rows
-from detr_ft.metrics import SUMMARY_NAMES
-from detr_ft.training import RUN_ARGUMENTS_FILE, validated_splits
+from detr_ft.train.arguments import TRAINING_DEFAULTS, DataArguments
+from detr_ft.train.map_history import write_json_atomic
+from detr_ft.train.checkpoints import checkpoint_step, complete_checkpoints
+from detr_ft.data.dataset import CocoSplit, DetectionDataset
+from detr_ft.evaluation.loop import CocoMetrics, label_to_category_ids, predict_rows
+from detr_ft.evaluation.coco_map import SUMMARY_NAMES
+from detr_ft.data.prepare import RUN_ARGUMENTS_FILE, validated_splits
 
-logger = logging.getLogger("detr_ft.eval_checkpoints")  # not __name__: that is __main__ under -m
+logger = logging.getLogger("detr_ft.evaluation.eval_checkpoints")  # not __name__: that is __main__ under -m
 
 METRICS_JSON, METRICS_CSV, PLOT_FILE = "checkpoint_metrics.json", "checkpoint_metrics.csv", "map_vs_epoch.png"
 TABLE_KEYS = ("map", "map_50", "map_75")

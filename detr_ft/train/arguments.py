@@ -35,7 +35,7 @@ class DataArguments:
 class ModelArguments:
     model_name_or_path: str = field(
         default="facebook/detr-resnet-50",
-        metadata={"help": "Hub id, local HF directory, or a preset in detr_ft/presets (e.g. detr-tiny)."},
+        metadata={"help": "Hub id, local HF directory, or a preset in detr_ft/model/presets (e.g. detr-tiny)."},
     )
     model_revision: str | None = field(
         default=None, metadata={"help": "Hub revision; facebook/detr-resnet-* default to no_timm (no timm needed)."}

@@ -19,9 +19,9 @@ import torch
 from transformers import EvalPrediction, PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
 from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
-from detr_ft.collate import DetectionCollator
-from detr_ft.data import CocoSplit, DetectionDataset, PaddedToMultiple
-from detr_ft.metrics import coco_map, detections_from_predictions, postprocess_logits
+from detr_ft.data.padding import DetectionCollator
+from detr_ft.data.dataset import CocoSplit, DetectionDataset, PaddedToMultiple
+from detr_ft.evaluation.coco_map import coco_map, detections_from_predictions, postprocess_logits
 
 # Every output but logits and pred_boxes stays on the device during evaluation.
 EVAL_IGNORE_KEYS = [f.name for f in dataclasses.fields(DetrObjectDetectionOutput)

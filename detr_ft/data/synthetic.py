@@ -10,7 +10,7 @@ Box = the tight pixel extent [x, y, w, h] of the drawn shape; area = w * h as in
 Each split draws from its own np.random.default_rng((seed, split number)): the same arguments give byte-identical
 images and json, and a split's content does not depend on the size of the others.
 
-    python -m detr_ft.synthetic --output_dir data/synthetic [--num_train 4096 --num_validation 256 ...]
+    python -m detr_ft.data.synthetic --output_dir data/synthetic [--num_train 4096 --num_validation 256 ...]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import logging
 import transformers
 from transformers import DetrForObjectDetection
 
-from detr_ft.loss import padded_detr_loss
+from detr_ft.model.loss import padded_detr_loss
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from transformers import DetrImageProcessor, TrainingArguments
 
-from detr_ft.args import DataArguments, StaticShapeArguments
-from detr_ft.checkpoints import complete_checkpoints
-from detr_ft.collate import DetectionCollator, compute_bucket_sizes
-from detr_ft.data import CocoSplit, DetectionDataset, carve_validation, label_maps, load_splits, train_augmentation
-from detr_ft.validation import DatasetError, validate_split
+from detr_ft.train.arguments import DataArguments, StaticShapeArguments
+from detr_ft.train.checkpoints import complete_checkpoints
+from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
+from detr_ft.data.dataset import CocoSplit, DetectionDataset, carve_validation, label_maps, load_splits, train_augmentation
+from detr_ft.data.validation import DatasetError, validate_split
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from detr_ft.data import CocoSplit, clip_to_image, displayed_size, exif_orientation
+from detr_ft.data.dataset import CocoSplit, clip_to_image, displayed_size, exif_orientation
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback, TrainingArguments
 
-from detr_ft.callbacks import write_json_atomic
-from detr_ft.sync_audit import HostSyncCounter
+from detr_ft.train.map_history import write_json_atomic
+from detr_ft.train.sync_audit import HostSyncCounter
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """`make infer`: detections of a trained DETR on a dataset split or on a folder of images.
 
-    python -m detr_ft.inference --model_path outputs/demo/checkpoint-800 --output_dir outputs/infer \\
+    python -m detr_ft.evaluation.inference --model_path outputs/demo/checkpoint-800 --output_dir outputs/infer \\
         [--dataset_dir data/synthetic --split test] [--threshold 0.5] [--pad_images --image_size 64]
-    python -m detr_ft.inference --model_path outputs/demo --images_dir photos/ --output_dir outputs/infer
+    python -m detr_ft.evaluation.inference --model_path outputs/demo --images_dir photos/ --output_dir outputs/infer
 
 `--model_path` is a checkpoint or a run dir (its final model); the dataset and split default to the run's
 (run_args.json beside the model) and its eval split. Images go through evaluation's own path
@@ -30,13 +30,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from transformers import HfArgumentParser
 
-from detr_ft.args import DataArguments
-from detr_ft.data import CocoSplit, displayed_size
-from detr_ft.eval_checkpoints import eval_batch_size, load_model, load_split, run_arguments, split_rows
-from detr_ft.evaluation import CocoMetrics, label_to_category_ids
-from detr_ft.metrics import detections_from_predictions
+from detr_ft.train.arguments import DataArguments
+from detr_ft.data.dataset import CocoSplit, displayed_size
+from detr_ft.evaluation.eval_checkpoints import eval_batch_size, load_model, load_split, run_arguments, split_rows
+from detr_ft.evaluation.loop import CocoMetrics, label_to_category_ids
+from detr_ft.evaluation.coco_map import detections_from_predictions
 
-logger = logging.getLogger("detr_ft.inference")  # not __name__: that is __main__ under -m
+logger = logging.getLogger("detr_ft.evaluation.inference")  # not __name__: that is __main__ under -m
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),

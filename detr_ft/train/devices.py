@@ -13,7 +13,7 @@ import os
 import torch
 from transformers import Trainer, TrainingArguments
 
-from detr_ft.args import DeviceArguments
+from detr_ft.train.arguments import DeviceArguments
 
 
 class DeviceSettingsError(ValueError):

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import PreTrainedModel, TrainerCallback
 
-from detr_ft.callbacks import read_json_list, write_json_atomic
+from detr_ft.train.map_history import read_json_list, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

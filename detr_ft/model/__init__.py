@@ -1,0 +1,9 @@
+"""Model: the DETR to fine-tune and the static-shape loss that trains it.
+
+    presets/, presets.py  small DETR configs trained from scratch (demo, tests)
+    build.py       build or load the DETR; what trains and how it is initialised
+    box_ops.py     box formats and generalized IoU
+    matcher.py     Hungarian matching of queries to padded targets
+    loss.py        where the loss is: DETR's set-prediction loss on padded targets
+    static_shapes.py  switch a model to that loss and to the sync-free forward patches
+"""
