@@ -31,7 +31,7 @@ $(GAUDI_VENV)/.installed: requirements-gaudi.txt
 venv-gaudi: $(GAUDI_VENV)/.installed
 
 $(DATA)/annotations/train.json: | $(VENV)/.installed
-	$(PY) -m detr_ft.data.synthetic --output_dir $(DATA)
+	$(PY) -m detr_ft.data.make_synthetic --output_dir $(DATA)
 
 data: $(DATA)/annotations/train.json
 

@@ -10,13 +10,14 @@ mAP is evaluated at every checkpoint interval (`--ckpt_store_interval_epochs`) i
 import logging
 import sys
 
+from detr_ft.console import setup_logging
 from detr_ft.train.arguments import parse_arguments
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, shape_args, device_args, training_args = parse_arguments(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     try:
         device_type = check_device_settings(device_args)
     except DeviceSettingsError as error:
@@ -25,29 +26,29 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
     from transformers import set_seed
 
-    from detr_ft.train.map_history import MapHistoryCallback, format_table, read_history
-    from detr_ft.train.checkpoints import CheckpointCompleteCallback
     from detr_ft.data.dataset import PaddedToMultiple
-    from detr_ft.train.devices import adamw_class, build_trainer, training_arguments
-    from detr_ft.evaluation.loop import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
-    from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
-    from detr_ft.model.build import build_model, build_optimizer, default_image_size, is_preset
-    from detr_ft.model.static_shapes import use_static_shape_loss
-    from detr_ft.train.run_summary import RunSummaryCallback, precision_name
-    from detr_ft.data.prepare import (
-        finalize_training_arguments,
-        image_processor,
-        prepare_data,
-        resume_checkpoint,
-        save_run_arguments,
-        warn_queries_overflow,
-    )
+    from detr_ft.data.images import Preprocessing
+    from detr_ft.data.prepare import prepare_data, warn_queries_overflow
     from detr_ft.data.validation import DatasetError
+    from detr_ft.evaluation.loop import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
+    from detr_ft.evaluation.report import format_map_table
+    from detr_ft.model.build import build_model
+    from detr_ft.model.presets import default_image_size, is_preset
+    from detr_ft.model.static_shapes import use_static_shape_loss
+    from detr_ft.run_files import save_run_arguments
+    from detr_ft.train.arguments import finalize_training_arguments
+    from detr_ft.train.checkpoints import CheckpointCompleteCallback, resume_checkpoint
+    from detr_ft.train.devices import build_trainer, training_arguments
+    from detr_ft.train.map_history import MapHistoryCallback, read_history
+    from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
+    from detr_ft.train.optimizer import adamw_class, build_optimizer
+    from detr_ft.train.run_summary import RunSummaryCallback, precision_name
     from patches import trainer_resume_weights
 
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
     set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
     data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
+    preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images)
     try:
         data = prepare_data(data_args, shape_args)
     except DatasetError as error:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     save_run_arguments(training_args.output_dir, model_args, data_args, shape_args, device_args,
                        per_device_eval_batch_size=training_args.per_device_eval_batch_size)
-    model = build_model(model_args.model_name_or_path, data.id2label, model_args.model_revision,
+    model = build_model(model_args.model_name_or_path, data.classes.id2label, model_args.model_revision,
                         model_args.freeze_backbone)
     warn_queries_overflow(data, model.config.num_queries)
     if data.bucket_sizes:
@@ -78,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         model=model,
         train_dataset=data.train,
         eval_dataset=PaddedToMultiple(data.eval, eval_multiple),
-        data_collator=data.collator(data_args.image_size if shape_args.pad_images else None),
-        processing_class=image_processor(data_args.image_size, shape_args.pad_images),
-        compute_metrics=CocoMetrics(data.eval_split, data.label_to_category_id, data.id2label),
+        data_collator=data.collator(preprocessing.canvas),
+        processing_class=preprocessing.image_processor(),
+        compute_metrics=CocoMetrics(data.eval_split, data.classes),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         optimizers=(optimizer, None),
         callbacks=[*callbacks,
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.error("%s", error)
         return 3
     trainer.save_model()
-    print(format_table(read_history(training_args.output_dir)))
+    print(format_map_table(read_history(training_args.output_dir)))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""mAP evaluation time: pycocotools COCOeval against ours (`detr_ft.evaluation.coco_map.coco_map`) on the same detections.
+"""mAP evaluation time: pycocotools COCOeval against ours (`detr_ft.evaluation.coco_map`) on the same detections.
 
 Synthetic ground truth: CPPE-5-like images (640-1333 px sides, the workload's skewed objects-per-image count, 5
 categories) and DETR-like detections, exactly `detections_per_image` per image (DETR scores every query): each GT

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from detr_ft.data.synthetic import write_synthetic_coco
 from detr_ft.train.map_history import read_history
 from detr_ft.train.run_summary import SUMMARY_FILE
-from detr_ft.data.synthetic import write_synthetic_coco
 
 DATA_DIR = Path("data/synthetic")
 OUTPUT_DIR = Path("outputs/demo")

@@ -5,8 +5,12 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from detr_ft.train.checkpoints import COMPLETE_MARKER, CheckpointCompleteCallback, complete_checkpoints
-from detr_ft.data.prepare import resume_checkpoint
+from detr_ft.train.checkpoints import (
+    COMPLETE_MARKER,
+    CheckpointCompleteCallback,
+    complete_checkpoints,
+    resume_checkpoint,
+)
 
 
 class TinyRegression(nn.Module):

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from detr_ft.data.dataset import (
-    DetectionDataset,
-    PaddedToMultiple,
-    carve_validation,
-    coco_from_hub_split,
-    label_maps,
-    load_coco_folder,
-    train_augmentation,
-)
+from detr_ft.data.augmentation import train_augmentation
+from detr_ft.data.dataset import DetectionDataset, PaddedToMultiple
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.sources import carve_validation, coco_from_hub_split, load_coco_folder
+
+
+def label_maps(categories: list[dict]) -> tuple[dict[int, int], dict[int, str]]:
+    classes = ClassMapping.from_categories(categories)
+    return classes.category_to_label, classes.id2label
 
 
 def test_cppe5_loads_with_right_classes_and_boxes(cppe5_dir):

@@ -19,14 +19,13 @@ import torch
 from entry_runs import ENTRY, entry_argv, logged_losses, run_in_process, tiny_coco
 from transformers import DetrConfig, DetrForObjectDetection
 
-from detr_ft.model.build import preset_settings
+from detr_ft.model.presets import load_preset
 
 STEPS = 3
 
 
 def pretrained_tiny_detr(folder):
-    settings = preset_settings("detr-tiny")
-    settings.pop("image_size")
+    settings = load_preset("detr-tiny").config
     id2label = {0: "circle", 1: "square", 2: "triangle"}
     torch.manual_seed(0)
     config = DetrConfig(**settings, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()},

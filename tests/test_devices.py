@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import run_object_detection
-from detr_ft.train.arguments import parse_arguments
 from detr_ft.data.padding import DetectionCollator
-from detr_ft.train.devices import DeviceSettingsError, check_device_settings, training_arguments
 from detr_ft.model.build import build_model
 from detr_ft.model.static_shapes import use_static_shape_loss
+from detr_ft.train.arguments import parse_arguments
+from detr_ft.train.devices import DeviceSettingsError, check_device_settings, training_arguments
 from detr_ft.train.run_summary import SUMMARY_FILE, graph_compilations, hpu_graph_compilations
 
 LAZY_FLAGS = ["--use_habana", "--use_lazy_mode", "--pad_objects", "--num_buckets", "1"]

@@ -1,4 +1,4 @@
-"""detr_ft.evaluation.eval_checkpoints on a real run: table, best checkpoint, plot, caching, damaged checkpoints skipped; and
+"""eval_checkpoints on a real run: table, best checkpoint, plot, caching, damaged checkpoints skipped; and
 the mAP of a checkpoint is the same from the training callback, eval_checkpoints and inference.
 
 The run (fixture `trained_run` in conftest.py, shared with test_inference.py) learns images holding one shape at
@@ -18,9 +18,9 @@ import pytest
 from conftest import IMAGE_SIZE, history_map
 from PIL import Image
 
-from detr_ft import eval_checkpoints, inference
-from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 from detr_ft.data.prepare import prepare_data
+from detr_ft.evaluation import eval_checkpoints, inference
+from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
 STEPS = [6, 12, 18]  # 48 images, batch 8: 6 steps an epoch, a checkpoint each epoch
 RUN_OUTPUTS = ("checkpoint_metrics.json", "checkpoint_metrics.csv", "map_vs_epoch.png")

@@ -1,4 +1,4 @@
-"""detr_ft.evaluation.inference: COCO results and annotated images, mAP on a split; transformers' object-detection pipeline
+"""inference: COCO results and annotated images, mAP on a split; transformers' object-detection pipeline
 loads the saved models offline and finds the boxes inference finds. (Training, eval_checkpoints and inference
 agreeing on mAP: test_eval_checkpoints.py.)"""
 
@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 from transformers import pipeline
 
-from detr_ft import inference
 from detr_ft.data.synthetic import draw_shape
+from detr_ft.evaluation import inference
 
 
 def infer(model_path: Path, output_dir: Path, *args: str) -> Path:

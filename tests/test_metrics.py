@@ -1,4 +1,4 @@
-"""detr_ft.evaluation.coco_map against the references: pycocotools COCOeval for mAP, transformers' DETR post-processing."""
+"""coco_map against the references: pycocotools COCOeval for mAP, transformers' DETR post-processing."""
 
 import contextlib
 import copy

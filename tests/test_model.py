@@ -4,7 +4,8 @@ import torch
 from torch import nn
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-from detr_ft.model.build import build_model, optimizer_param_groups
+from detr_ft.model.build import build_model
+from detr_ft.train.optimizer import optimizer_param_groups
 from patches.detr_backbone_stages import TRAINABLE_STAGES
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}

@@ -9,8 +9,8 @@ import torch
 from entry_runs import entry_argv, logged_losses, run_in_process, tiny_coco
 from transformers import DetrForObjectDetection
 
-from detr_ft.train.checkpoints import COMPLETE_MARKER
 from detr_ft.data.dataset import DetectionDataset
+from detr_ft.train.checkpoints import COMPLETE_MARKER
 from detr_ft.train.nonfinite_guard import NONFINITE_FILE
 
 POISONED_IMAGE = 2  # with sequential sampling, batches are images [0, 1] then [2, 3]: its 2nd fetch is step 4

@@ -102,7 +102,7 @@ def test_min_objects_above_max_objects_is_rejected(tmp_path: Path) -> None:
 
 def test_command_line_matches_the_function_and_prints_one_line(tmp_path: Path) -> None:
     arguments = f"--output_dir {tmp_path / 'cli'} --num_train 4 --num_validation 2 --image_size 32 --seed 1".split()
-    command = [sys.executable, "-m", "detr_ft.data.synthetic", *arguments]
+    command = [sys.executable, "-m", "detr_ft.data.make_synthetic", *arguments]
     completed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
     assert completed.stdout.count("\n") == 1 and "4 train, 2 validation" in completed.stdout
     from_function = write_synthetic_coco(tmp_path / "api", num_train=4, num_validation=2, image_size=32, seed=1)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detr_ft.data.dataset import CocoSplit, DetectionDataset, label_maps, load_coco_folder
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.sources import CocoSplit, load_coco_folder
 from detr_ft.data.validation import DatasetError, validate_split
 
 
@@ -98,7 +100,7 @@ def test_boxes_outside_the_image_are_clipped_and_counted(data_dir, caplog):
     assert fixed[second["id"]]["bbox"] == [50.0, 50.0, 14.0, 14.0]
     assert len(split.coco["annotations"]) == len(coco["annotations"])
     caplog.clear()
-    DetectionDataset(split, label_maps(coco["categories"])[0], 64)
+    DetectionDataset(split, ClassMapping.from_categories(coco["categories"]).category_to_label, 64)
     assert "dropped" not in caplog.text  # nothing is left for clean_objects to fix
 
 

@@ -21,10 +21,9 @@ import logging
 import numpy as np
 import torch
 
+from detr_ft.model.box_ops import PAD_BOX
+
 logger = logging.getLogger(__name__)
-
-PAD_BOX = (0.5, 0.5, 1.0, 1.0)
-
 
 def compute_bucket_sizes(object_counts: np.ndarray, num_buckets: int) -> list[int]:
     """Sorted bucket sizes (>= 1) for `num_buckets` >= 1 from the objects-per-image counts."""
@@ -81,3 +80,10 @@ class DetectionCollator:
             valid[i, :n] = True
         image_index = torch.stack([s["image_index"] for s in samples])  # (B,)
         return {"class_labels": class_labels, "boxes": boxes, "valid": valid, "image_index": image_index}
+
+
+def batch_image_index(labels: dict | list[dict]) -> torch.Tensor:
+    """Dataset positions of a batch's images (B,), from padded labels (one dict) or stock labels (a dict per image)."""
+    if isinstance(labels, dict):
+        return labels["image_index"]  # (B,)
+    return torch.stack([target["image_index"] for target in labels])  # (B,)

@@ -10,14 +10,12 @@ Box = the tight pixel extent [x, y, w, h] of the drawn shape; area = w * h as in
 Each split draws from its own np.random.default_rng((seed, split number)): the same arguments give byte-identical
 images and json, and a split's content does not depend on the size of the others.
 
-    python -m detr_ft.data.synthetic --output_dir data/synthetic [--num_train 4096 --num_validation 256 ...]
+    python -m detr_ft.data.make_synthetic --output_dir data/synthetic [--num_train 4096 --num_validation 256 ...]
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +27,6 @@ MIN_CONTRAST = 150  # summed |RGB difference| between a shape's colour and the b
 NOISE_STD = 20.0  # per-pixel Gaussian noise of noisy backgrounds
 PLACEMENT_TRIES = 50
 SIDE_RANGE = (0.20, 0.45)  # fractions of the image side
-
-
-@dataclass
-class SyntheticArguments:
-    output_dir: str = field(metadata={"help": "Folder to write images/ and annotations/<split>.json into."})
-    num_train: int = field(default=4096, metadata={"help": "Images in train.json."})
-    num_validation: int = field(default=256, metadata={"help": "Images in validation.json."})
-    num_test: int = field(default=0, metadata={"help": "Images in test.json (no file when 0)."})
-    image_size: int = field(default=64, metadata={"help": "Side of the square images in pixels."})
-    min_objects: int = field(default=1, metadata={"help": "Fewest shapes per image."})
-    max_objects: int = field(default=4, metadata={"help": "Most shapes per image."})
-    seed: int = field(default=0, metadata={"help": "Same seed, same bytes."})
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, category_id: int, x: int, y: int, side: int, colour: tuple) -> None:
@@ -138,19 +124,3 @@ def write_synthetic_coco(
             render_kwargs = {"image_size": image_size, "min_objects": min_objects, "max_objects": max_objects}
             _write_split(output_dir, split, num_images, rng, **render_kwargs)
     return output_dir
-
-
-def main() -> None:
-    from transformers import HfArgumentParser
-
-    (args,) = HfArgumentParser(SyntheticArguments).parse_args_into_dataclasses()
-    start = time.perf_counter()
-    output_dir = write_synthetic_coco(**asdict(args))
-    print(
-        f"synthetic COCO: {args.num_train} train, {args.num_validation} validation, {args.num_test} test images of "
-        f"{args.image_size}px -> {output_dir} ({time.perf_counter() - start:.1f}s)"
-    )
-
-
-if __name__ == "__main__":
-    main()

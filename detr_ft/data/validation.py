@@ -23,7 +23,9 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from detr_ft.data.dataset import CocoSplit, clip_to_image, displayed_size, exif_orientation
+from detr_ft.data.dataset import clip_to_image
+from detr_ft.data.images import displayed_size, exif_orientation
+from detr_ft.data.sources import CocoSplit
 
 logger = logging.getLogger(__name__)
 

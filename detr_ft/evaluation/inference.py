@@ -30,11 +30,15 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from transformers import HfArgumentParser
 
-from detr_ft.train.arguments import DataArguments
-from detr_ft.data.dataset import CocoSplit, displayed_size
-from detr_ft.evaluation.eval_checkpoints import eval_batch_size, load_model, load_split, run_arguments, split_rows
-from detr_ft.evaluation.loop import CocoMetrics, label_to_category_ids
+from detr_ft.console import on_terminal, setup_logging
+from detr_ft.data.images import displayed_size
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.coco_map import detections_from_predictions
+from detr_ft.evaluation.loop import CocoMetrics
+from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, split_rows
+from detr_ft.run_files import read_run_arguments
+from detr_ft.train.arguments import DataArguments
 
 logger = logging.getLogger("detr_ft.evaluation.inference")  # not __name__: that is __main__ under -m
 
@@ -92,33 +96,32 @@ def draw_detections(image: Image.Image, detections: list[dict], names: dict[int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("detr_ft").setLevel(logging.INFO)
+    setup_logging()
     (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(argv)
     if args.images_dir and (args.dataset_dir or args.split):
         logger.error("--images_dir or --dataset_dir/--split, not both")
         return 2
     model = load_model(args.model_path)
     id2label = model.config.id2label
-    settings = run_arguments(args.model_path)
+    settings = read_run_arguments(args.model_path)
     if args.images_dir:
         split = image_folder_split(args.images_dir, id2label)
-        label_to_category_id = {label: label for label in id2label}
+        classes = ClassMapping.identity(id2label)
     else:
         settings = {**settings, **({"dataset_dir": args.dataset_dir} if args.dataset_dir else {})}
         split = load_split(settings, args.split or settings.get("eval_split", DataArguments.eval_split))
-        label_to_category_id = label_to_category_ids(id2label, split.coco["categories"])
-    rows = split_rows(model, args.model_path, split, label_to_category_id, eval_batch_size(settings, args.batch_size),
-                      args.image_size, args.pad_images)
+        classes = ClassMapping.for_model(id2label, split.coco["categories"])
+    rows = split_rows(model, args.model_path, split, classes, eval_batch_size(settings, args.batch_size),
+                      args.image_size, args.pad_images, show_progress=on_terminal())
 
     output_dir = Path(args.output_dir)
     (output_dir / "annotated").mkdir(parents=True, exist_ok=True)
     images = split.coco["images"]
     detections = detections_from_predictions(rows[..., :6], [image["id"] for image in images],
                                              [(image["height"], image["width"]) for image in images],
-                                             label_to_category_id)
+                                             classes.category_ids)
     (output_dir / "predictions.json").write_text(json.dumps(detections))
-    names = {label_to_category_id[label]: name for label, name in id2label.items()}
+    names = classes.category_names
     categories = [{"id": category_id, "name": name} for category_id, name in sorted(names.items())]
     (output_dir / "categories.json").write_text(json.dumps(categories, indent=2))
     per_image = len(detections) // len(images)  # every query of every image, image after image
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = int((rows[..., 0] >= args.threshold).sum())
     print(f"{len(images)} images, {shown} detections scoring >= {args.threshold} drawn in {output_dir / 'annotated'}")
     if split.coco["annotations"]:
-        metrics = CocoMetrics(split, label_to_category_id, id2label).score(rows)
+        metrics = CocoMetrics(split, classes).score(rows)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"{split.name}: mAP {metrics['map']:.4f}  mAP50 {metrics['map_50']:.4f}  mAP75 {metrics['map_75']:.4f}")
     return 0

@@ -19,8 +19,10 @@ import torch
 from transformers import EvalPrediction, PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
 from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
-from detr_ft.data.padding import DetectionCollator
-from detr_ft.data.dataset import CocoSplit, DetectionDataset, PaddedToMultiple
+from detr_ft.data.dataset import DetectionDataset, PaddedToMultiple
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.padding import DetectionCollator, batch_image_index
+from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.coco_map import coco_map, detections_from_predictions, postprocess_logits
 
 # Every output but logits and pred_boxes stays on the device during evaluation.
@@ -30,10 +32,7 @@ EVAL_IGNORE_KEYS = [f.name for f in dataclasses.fields(DetrObjectDetectionOutput
 
 def preprocess_logits_for_metrics(outputs: tuple, labels: dict | list[dict]) -> torch.Tensor:
     logits, pred_boxes = outputs[:2]  # (B, Q, C+1), (B, Q, 4)
-    if isinstance(labels, dict):
-        image_index = labels["image_index"]  # (B,)
-    else:
-        image_index = torch.stack([target["image_index"] for target in labels])  # (B,)
+    image_index = batch_image_index(labels)  # (B,)
     detections = postprocess_logits(logits.float(), pred_boxes.float())  # (B, Q, 6)
     index_column = image_index.to(detections)[:, None, None].expand(-1, detections.shape[1], 1)  # (B, Q, 1)
     return torch.cat([detections, index_column], dim=-1)  # (B, Q, 7)
@@ -58,11 +57,10 @@ class RowCollector:
 class CocoMetrics(RowCollector):
     """`compute_metrics` for the Trainer with `batch_eval_metrics`: collects each batch's rows, scores at the end."""
 
-    def __init__(self, split: CocoSplit, label_to_category_id: dict[int, int], id2label: dict[int, str]):
+    def __init__(self, split: CocoSplit, classes: ClassMapping):
         super().__init__()
         self.split = split
-        self.label_to_category_id = label_to_category_id
-        self.category_names = {label_to_category_id[label]: name for label, name in id2label.items()}
+        self.classes = classes
 
     def __call__(self, prediction: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
         super().__call__(prediction)
@@ -76,18 +74,9 @@ class CocoMetrics(RowCollector):
             rows[..., :6],
             image_ids=[image["id"] for image in images],
             orig_sizes=[(image["height"], image["width"]) for image in images],
-            label_to_category_id=self.label_to_category_id,
+            label_to_category_id=self.classes.category_ids,
         )
-        return coco_map(self.split.coco, detections, self.category_names)
-
-
-def label_to_category_ids(id2label: dict[int, str], categories: list[dict]) -> dict[int, int]:
-    """Model label -> COCO category id, matched by name: a model and a dataset need not number classes alike."""
-    category_of = {category["name"]: category["id"] for category in categories}
-    missing = sorted(set(id2label.values()) - set(category_of))
-    if missing:
-        raise ValueError(f"model classes {missing} are not among the dataset's categories {sorted(category_of)}")
-    return {label: category_of[name] for label, name in id2label.items()}
+        return coco_map(self.split.coco, detections, self.classes.category_names)
 
 
 def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, pad_to: int | None, batch_size: int,

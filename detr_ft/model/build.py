@@ -9,39 +9,17 @@ nothing for random weights).
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import DetrConfig, DetrForObjectDetection, ResNetBackbone
 
+from detr_ft.model.presets import is_preset, load_preset, preset_names
 from patches.detr_backbone_stages import train_resnet_stages
 
 logger = logging.getLogger(__name__)
 
-PRESETS_DIR = Path(__file__).parent / "presets"
 HUB_REVISIONS = {"facebook/detr-resnet-50": "no_timm", "facebook/detr-resnet-101": "no_timm"}
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
-
-
-def is_preset(name: str) -> bool:
-    return (PRESETS_DIR / f"{name}.json").exists()
-
-
-def preset_settings(name: str) -> dict:
-    settings = json.loads((PRESETS_DIR / f"{name}.json").read_text())
-    settings.pop("_comment", None)
-    return settings
-
-
-def default_image_size(name_or_path: str) -> int:
-    """The preset's own image size; 800 (DETR's shortest edge) for pretrained models."""
-    return preset_settings(name_or_path)["image_size"] if is_preset(name_or_path) else 800
 
 
 def build_model(
@@ -53,9 +31,8 @@ def build_model(
     """DETR with a classification head for `id2label`; see the module docstring for what is trained."""
     label2id = {name: i for i, name in id2label.items()}
     if is_preset(name_or_path):
-        settings = preset_settings(name_or_path)
-        settings.pop("image_size")
-        config = DetrConfig(**settings, num_labels=len(id2label), id2label=id2label, label2id=label2id)
+        config = DetrConfig(**load_preset(name_or_path).config, num_labels=len(id2label), id2label=id2label,
+                            label2id=label2id)
         model = DetrForObjectDetection(config)
         init_from_scratch(model)
     else:
@@ -102,23 +79,3 @@ def init_from_scratch(model: DetrForObjectDetection) -> None:
             parent_name, _, child = name.rpartition(".")
             backbone.get_submodule(parent_name)._modules[child] = nn.BatchNorm2d(module.weight.numel())
     backbone.requires_grad_(True)
-
-
-def optimizer_param_groups(model: nn.Module, learning_rate: float, backbone_lr: float,
-                           weight_decay: float) -> list[dict]:
-    """Trainable parameters in two groups: the backbone at `backbone_lr`, the rest at `learning_rate`."""
-    backbone, rest = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (backbone if ".backbone." in f".{name}" else rest).append(parameter)
-    return [
-        {"params": rest, "lr": learning_rate, "weight_decay": weight_decay},
-        {"params": backbone, "lr": backbone_lr, "weight_decay": weight_decay},
-    ]
-
-
-def build_optimizer(model: nn.Module, learning_rate: float, backbone_lr: float, weight_decay: float,
-                    optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW) -> torch.optim.Optimizer:
-    """Build it after the model is on its device: moving to HPU may replace the parameter objects."""
-    groups = [g for g in optimizer_param_groups(model, learning_rate, backbone_lr, weight_decay) if g["params"]]
-    return optimizer_class(groups, lr=learning_rate, weight_decay=weight_decay)

@@ -21,8 +21,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from transformers import DetrConfig
 
-from detr_ft.data.padding import PAD_BOX
-from detr_ft.model.matcher import center_to_corners, generalized_box_iou, hungarian_match
+from detr_ft.model.box_ops import PAD_BOX, center_to_corners, generalized_box_iou
+from detr_ft.model.matcher import hungarian_match
 
 
 def padded_detr_loss(

@@ -4,7 +4,6 @@
     devices.py     where the device is chosen: HPU (GaudiTrainer), CUDA or CPU (Trainer)
     optimizer.py   parameter groups and the optimizer
     checkpoints.py complete checkpoints only; which one to resume from
-    run_record.py  run_args.json: the flags a later tool needs to rebuild the run's data
     map_history.py eval_history.json: mAP at every checkpoint interval
     nonfinite_guard.py  stop (or skip) at a NaN / inf loss before it reaches the weights
     run_summary.py run_summary.json: speed, host syncs, graph compilations

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
+
+from detr_ft.console import on_terminal
 
 
 @dataclass
@@ -97,6 +100,8 @@ TRAINING_DEFAULTS = {
     "per_device_eval_batch_size": 8,
     "logging_steps": 10,
     "report_to": ["tensorboard"],
+    # Progress bars on a terminal; in a pipe the Trainer prints one log line per logging step instead.
+    "disable_tqdm": not on_terminal(),
     # A finite-loss filter reads the loss on the host every step: it would cut the HPU graph.
     "logging_nan_inf_filter": False,
 }
@@ -112,3 +117,35 @@ def parse_arguments(argv: list[str] | None = None) -> tuple:
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_dict({**TRAINING_DEFAULTS, **json.loads(Path(argv[0]).read_text())})
     return parser.parse_args_into_dataclasses(argv)
+
+
+def global_batch_size(training: TrainingArguments) -> int:
+    """Images per optimizer step, over all processes and accumulation steps."""
+    return training.per_device_train_batch_size * training.world_size * training.gradient_accumulation_steps
+
+
+def steps_per_epoch(num_train: int, training: TrainingArguments) -> int:
+    """Optimizer steps in one epoch: the last partial batch is dropped (constant shapes)."""
+    per_step = global_batch_size(training)
+    if num_train < per_step:
+        raise ValueError(f"the training set has {num_train} images, fewer than one batch ({per_step}): lower "
+                         "--per_device_train_batch_size")
+    return num_train // per_step
+
+
+def finalize_training_arguments(training: TrainingArguments, shapes: StaticShapeArguments,
+                                num_train: int) -> TrainingArguments:
+    """Evaluate and save every `ckpt_store_interval_epochs` epochs; constant batch shapes; determinism."""
+    interval = shapes.ckpt_store_interval_epochs * steps_per_epoch(num_train, training)
+    return dataclasses.replace(
+        training,
+        eval_strategy="steps",
+        eval_steps=interval,
+        save_strategy="steps",
+        save_steps=interval,
+        dataloader_drop_last=True,
+        # mAP streams batch by batch: no concatenation of outputs (GaudiTrainer cannot skip it otherwise).
+        batch_eval_metrics=True,
+        remove_unused_columns=False,
+        full_determinism=training.full_determinism or shapes.deterministic,
+    )

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import torch.distributed as dist
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +73,14 @@ class CheckpointCompleteCallback(TrainerCallback):
             fsync_files(checkpoint)
             (checkpoint / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
             fsync_files(checkpoint)
+
+
+def resume_checkpoint(training: TrainingArguments) -> str | None:
+    """--resume_from_checkpoint if given, else the output dir's last complete checkpoint: rerunning resumes."""
+    if training.resume_from_checkpoint:
+        return training.resume_from_checkpoint
+    checkpoints = complete_checkpoints(training.output_dir)
+    if checkpoints:
+        logger.info("resuming from %s (the last complete checkpoint in --output_dir)", checkpoints[-1])
+        return str(checkpoints[-1])
+    return None

@@ -77,15 +77,6 @@ def training_arguments(device_type: str, device: DeviceArguments, training: Trai
     })
 
 
-def adamw_class(args: TrainingArguments) -> type[torch.optim.Optimizer]:
-    """Habana's fused AdamW on HPU (GaudiConfig.use_fused_adam only reaches optimizers the trainer builds)."""
-    if getattr(args, "use_habana", False):
-        from habana_frameworks.torch.hpex.optimizers import FusedAdamW
-
-        return FusedAdamW
-    return torch.optim.AdamW
-
-
 def build_trainer(device: DeviceArguments, args: TrainingArguments, **trainer_kwargs) -> Trainer:
     """The trainer that goes with `args`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...)."""
     if type(args) is TrainingArguments:

@@ -1,43 +1,21 @@
-"""Trainer callbacks: the mAP history written at every checkpoint interval."""
+"""The mAP history: one record per evaluation, at every checkpoint interval, in eval_history.json."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from detr_ft.run_files import read_json_list, write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "eval_history.json"
-TABLE_KEYS = ("map", "map_50", "map_75")
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Write to a temporary file and rename it over `path`: a crash never leaves half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
-
-
-def read_json_list(path: Path) -> list:
-    """A json list written by `write_json_atomic`; empty when the file does not exist yet."""
-    return json.loads(path.read_text()) if path.exists() else []
 
 
 def read_history(output_dir: str | Path) -> list[dict]:
     return read_json_list(Path(output_dir) / HISTORY_FILE)
-
-
-def format_table(history: list[dict]) -> str:
-    lines = [f"{'epoch':>7} {'step':>7} " + " ".join(f"{k:>7}" for k in TABLE_KEYS)]
-    for record in history:
-        metrics = record["metrics"]
-        lines.append(f"{record['epoch']:>7.2f} {record['step']:>7d} "
-                     + " ".join(f"{metrics.get(k, float('nan')):>7.4f}" for k in TABLE_KEYS))
-    return "\n".join(lines)
 
 
 class MapHistoryCallback(TrainerCallback):

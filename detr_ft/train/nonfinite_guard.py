@@ -28,7 +28,8 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import PreTrainedModel, TrainerCallback
 
-from detr_ft.train.map_history import read_json_list, write_json_atomic
+from detr_ft.data.padding import batch_image_index
+from detr_ft.run_files import read_json_list, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,6 @@ NONFINITE_FILE = "nonfinite_batches.json"
 
 class NonFiniteLossError(RuntimeError):
     """A training loss was NaN or infinite; raised before the optimizer step applies it."""
-
-
-def image_indices(labels: dict | list[dict]) -> list[int]:
-    """Dataset positions of a batch's images, from padded labels (one dict) or stock labels (one dict per image)."""
-    if isinstance(labels, dict):
-        return labels["image_index"].tolist()
-    return [int(target["image_index"]) for target in labels]
 
 
 class NonFiniteLossGuard(TrainerCallback):
@@ -95,7 +89,8 @@ class NonFiniteLossGuard(TrainerCallback):
             dist.all_reduce(nonfinite)
         if not nonfinite.item():  # the one host sync
             return
-        images = self.gather_images([image_indices(labels) for finite, labels in step_losses if not finite])
+        nonfinite_batches = [batch_image_index(labels).tolist() for finite, labels in step_losses if not finite]
+        images = self.gather_images(nonfinite_batches)
         step = state.global_step + 1
         if not self.skip:
             raise NonFiniteLossError(

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback, TrainingArguments
 
-from detr_ft.train.map_history import write_json_atomic
+from detr_ft.run_files import write_json_atomic
+from detr_ft.train.arguments import global_batch_size
 from detr_ft.train.sync_audit import HostSyncCounter
 
 logger = logging.getLogger(__name__)
@@ -121,5 +122,4 @@ class RunSummaryCallback(TrainerCallback):
         """Global batch / median step time, steps after WARMUP_STEPS only (compilation, caches); None if none."""
         if not self.step_times:
             return None
-        global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
-        return round(global_batch / statistics.median(self.step_times), 3)
+        return round(global_batch_size(args) / statistics.median(self.step_times), 3)

@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("optimum.habana", reason="optimum-habana lives in .venv-gaudi (see requirements-gaudi.txt)")
 
 import run_object_detection  # noqa: E402
+from detr_ft.data.synthetic import write_synthetic_coco  # noqa: E402
 from detr_ft.train.map_history import read_history  # noqa: E402
 from detr_ft.train.run_summary import SUMMARY_FILE  # noqa: E402
-from detr_ft.data.synthetic import write_synthetic_coco  # noqa: E402
 
 MAX_STEPS = 6
 BATCH_SIZE = 8

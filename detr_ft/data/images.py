@@ -1,0 +1,94 @@
+"""Preprocessing, the one source of truth: how a stored image becomes the model's pixels, in training and after.
+
+    image -> 8-bit RGB, EXIF orientation applied (`to_rgb`) -> resized so its long side is image_size
+    (`resize_to_fit`) -> / 255, ImageNet mean / std (`Preprocessing.pixels`) -> padded by the collator
+
+`Preprocessing` is saved with every checkpoint as the `DetrImageProcessor` that does the same (so
+`pipeline("object-detection", model=checkpoint)` preprocesses as training did) and read back from it by
+`eval_checkpoints` and inference (`Preprocessing.from_saved`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, ImageOps
+from transformers import DetrImageProcessor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Fit into image_size x image_size (aspect kept); `pad_images`: pad every image to that square."""
+
+    image_size: int
+    pad_images: bool = False
+
+    @property
+    def canvas(self) -> int | None:
+        """The side every batch is padded to; None: the batch's largest image (stock behaviour)."""
+        return self.image_size if self.pad_images else None
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """An RGB image as the model's input: (3, h, w) float, max(h, w) == image_size, ImageNet-normalised."""
+        pixels = np.asarray(resize_to_fit(image, self.image_size), np.float32) / 255.0  # (h, w, 3)
+        pixels = (pixels - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)  # (h, w, 3)
+        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # (3, h, w)
+
+    def image_processor(self) -> DetrImageProcessor:
+        """The transformers processor that preprocesses like `pixels` and the collator's padding."""
+        return DetrImageProcessor(
+            size={"shortest_edge": self.image_size, "longest_edge": self.image_size},
+            resample=Image.BILINEAR,
+            image_mean=list(IMAGENET_MEAN),
+            image_std=list(IMAGENET_STD),
+            do_pad=True,
+            pad_size={"height": self.image_size, "width": self.image_size} if self.pad_images else None,
+        )
+
+    @classmethod
+    def from_saved(cls, model_path: str | Path) -> Preprocessing:
+        """The preprocessing a model was trained with, from its saved processor (see `image_processor`)."""
+        processor = DetrImageProcessor.from_pretrained(model_path)
+        return cls(processor.size["longest_edge"], processor.pad_size is not None)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag: 1 = as stored, 2-8 = flips and turns (`ImageOps.exif_transpose` applies them)."""
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied: orientations 5-8 turn the image by 90 degrees."""
+    return (image.height, image.width) if exif_orientation(image) in (5, 6, 7, 8) else image.size
+
+
+def to_rgb(image: Image.Image, annotated_size: tuple[int, int] | None = None) -> Image.Image:
+    """8-bit RGB from any mode (RGBA, L, P, CMYK, I;16), EXIF orientation applied.
+
+    16-bit values are divided by 257 (65535 -> 255), the same scale for every image, as image viewers do.
+
+    Annotation tools show images EXIF-rotated, so boxes are taken to be in the displayed pixels; only when the
+    json's `annotated_size` (w, h) matches the stored pixels and not the displayed ones were the boxes drawn on
+    the stored pixels, and the orientation is ignored. (A 180-degree turn or a flip keeps the size: applied.)
+    """
+    if annotated_size is None or annotated_size != image.size or annotated_size == displayed_size(image):
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)  # (h, w)
+        image = Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8))  # (h, w)
+    return image.convert("RGB")
+
+
+def resize_to_fit(image: Image.Image, size: int) -> Image.Image:
+    """Scale so that the longest side is `size`, keeping the aspect ratio."""
+    scale = size / max(image.size)
+    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if new_size == image.size else image.resize(new_size, Image.BILINEAR)
+
+

@@ -1,0 +1,62 @@
+"""A saved model and the data of the run that trained it, as eval_checkpoints and inference need them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import transformers
+from transformers import DetrForObjectDetection
+
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.images import Preprocessing
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.prepare import validated_splits
+from detr_ft.data.sources import CocoSplit
+from detr_ft.evaluation.loop import predict_rows
+from detr_ft.run_files import RUN_ARGUMENTS_FILE
+from detr_ft.train.arguments import TRAINING_DEFAULTS, DataArguments
+
+
+def load_model(path: str | Path) -> DetrForObjectDetection:
+    """The DETR saved at `path`, in eval mode; a damaged one (truncated weights, bad config) raises ValueError."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its loading report lists unexpected keys too; judged below
+    try:
+        model, loading = DetrForObjectDetection.from_pretrained(path, use_safetensors=True, output_loading_info=True)
+    except Exception as error:  # safetensors, json, os and torch each raise their own types for a damaged file
+        raise ValueError(f"{Path(path).name} cannot be loaded: {type(error).__name__}: {error}") from error
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    # Unexpected keys are fine (BatchNorm's num_batches_tracked of presets); absent or misshapen ones are not.
+    damaged = loading["missing_keys"] or loading["mismatched_keys"]
+    if damaged:
+        raise ValueError(f"{Path(path).name} cannot be loaded: weights missing or misshapen: {sorted(damaged)[:5]}")
+    return model.eval()
+
+
+def eval_batch_size(settings: dict, requested: int | None) -> int:
+    """The batch size asked for, else the run's (without padded images it changes the padding, hence the boxes)."""
+    return requested or settings.get("per_device_eval_batch_size") or TRAINING_DEFAULTS["per_device_eval_batch_size"]
+
+
+def load_split(settings: dict, split: str) -> CocoSplit:
+    """`split` of the run's dataset as training saw it (`prepare.validated_splits`); only the run's own eval
+    split may be carved from train."""
+    if not (settings.get("dataset_dir") or settings.get("dataset_name")):
+        raise ValueError(f"no {RUN_ARGUMENTS_FILE} beside the model to name its dataset: pass --dataset_dir")
+    names = {f.name for f in dataclasses.fields(DataArguments)}
+    data = DataArguments(**{k: v for k, v in settings.items() if k in names} | {"eval_split": split})
+    return validated_splits(data, carve_missing_eval=split == settings.get("eval_split"))[1]
+
+
+def split_rows(model: DetrForObjectDetection, model_path: str | Path, split: CocoSplit, classes: ClassMapping,
+               batch_size: int, image_size: int | None = None, pad_images: bool = False,
+               show_progress: bool = True) -> np.ndarray:
+    """Rows (N, Q, 7) of `predict_rows` on `split`, preprocessed as the model was trained (its saved processor:
+    fit into image_size, padded to image_size x image_size or not) unless overridden."""
+    trained = Preprocessing.from_saved(model_path)
+    preprocessing = Preprocessing(image_size or trained.image_size, pad_images or trained.pad_images)
+    dataset = DetectionDataset(split, classes.category_to_label, preprocessing.image_size)
+    return predict_rows(model, dataset, preprocessing.canvas, batch_size, show_progress)
