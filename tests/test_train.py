@@ -66,14 +66,21 @@ def test_final_model_is_a_loadable_hf_folder(padded_run):
 
 
 def test_buckets_do_not_change_the_loss(synthetic_dir, tmp_path):
-    """--num_buckets 0 (stock targets, transformers' loss) and 1 (padded targets, ours): the same run."""
+    """--num_buckets 0 (stock targets, transformers' loss) and 1 (padded targets, ours): the same run, to rounding.
+
+    The tight proof is per step, on the same weights (test_buckets_equivalence.py); here, the entry wires both paths
+    the same. Each optimizer step amplifies the losses' float rounding, by an amount that depends on the thread count
+    and CPU kernels (10 steps with 2 threads: 1.4e-5), so the run is short and the tolerance measured: worst relative
+    deviation over these 3 steps 7.0e-8 with OMP_NUM_THREADS=1, 7.0e-7 with 2 (and with 4), deterministic; 1e-5 is
+    14x that. A wrong loss differs already at step 1, on identical weights (a changed eos weight: 1.7e-3).
+    """
     common = ["--dataset_dir", str(synthetic_dir), "--pad_images", "--pad_objects", "--deterministic",
-              "--max_steps", "10", "--logging_steps", "1", "--ckpt_store_interval_epochs", "1"]
+              "--max_steps", "3", "--logging_steps", "1", "--ckpt_store_interval_epochs", "1"]
     stock = logged_losses(train(tmp_path, "stock", *common, "--num_buckets", "0"))
     padded = logged_losses(train(tmp_path, "padded", *common, "--num_buckets", "1"))
-    assert len(stock) == len(padded) == 10
+    assert len(stock) == len(padded) == 3
     for a, b in zip(stock, padded, strict=True):
-        assert abs(a - b) <= 1e-5 * max(1.0, abs(a))
+        assert abs(a - b) <= 1e-5 * abs(a)
 
 
 def test_real_cppe5_images_train_and_log_map_per_epoch(cppe5_dir, tmp_path):

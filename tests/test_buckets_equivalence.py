@@ -1,0 +1,100 @@
+"""Buckets do not change the loss: on the same weights, at every step of a short real training, our padded-target
+loss and transformers' stock loss agree in the total, every loss_dict term and the gradient of every parameter.
+
+Why per step and not only end to end: two training runs whose losses differ by float rounding (~1e-7, the same terms
+summed in another order) drift apart with every optimizer step, by an amount that depends on the thread count and the
+CPU's kernels (10 steps: 1.4e-5 relative with 2 threads). One model, one forward and both losses on its outputs give
+a tight, deterministic comparison; the optimizer then steps with our loss's gradients, so later steps check realistic
+training states, not only the initialisation. tests/test_train.py keeps a short end-to-end run through the entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from transformers import DetrConfig
+from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
+
+from detr_ft.collate import DetectionCollator, compute_bucket_sizes
+from detr_ft.data import DetectionDataset, label_maps, load_coco_folder
+from detr_ft.loss import padded_detr_loss
+from detr_ft.model import build_model, build_optimizer
+
+IMAGE_SIZE, BATCH_SIZE, STEPS, LEARNING_RATE = 64, 8, 10, 3e-4  # test_train.py's run: 10 of its 12 steps an epoch
+# Worst deviations measured over the 10 steps (OMP_NUM_THREADS=1 / 2): loss terms 3.5e-7 / 2.6e-7 relative (2-3
+# float32 ulps), gradients 5.2e-7 / 5.5e-7 of the largest gradient entry. ~15x margin; a wrong loss is far off (eos
+# weight 0.1 -> 0.11: 1.7e-3 in the total; padding rows counted as targets: 2.4e-2; our auxiliary logits detached:
+# gradients 6e-3).
+LOSS_RTOL, GRAD_TOL = 5e-6, 1e-5
+
+
+class CapturedOutputs:
+    """A `loss_function` that records what the model hands its loss, so that both losses see the very same tensors
+    (one forward: no second, possibly different, forward to compare against)."""
+
+    def __init__(self) -> None:
+        self.args: tuple = ()
+
+    def __call__(self, logits: Tensor, labels: dict | list, device: torch.device, pred_boxes: Tensor,
+                 config: DetrConfig, outputs_class: Tensor | None = None, outputs_coord: Tensor | None = None,
+                 **kwargs) -> tuple[None, None, None]:
+        self.args = (logits, device, pred_boxes, config, outputs_class, outputs_coord)
+        return None, None, None
+
+    def loss(self, loss_function: Callable, labels: dict | list) -> tuple[Tensor, dict[str, Tensor]]:
+        logits, device, pred_boxes, config, outputs_class, outputs_coord = self.args
+        loss, loss_dict, _ = loss_function(logits, labels, device, pred_boxes, config, outputs_class, outputs_coord)
+        return loss, loss_dict
+
+
+def deviation(actual: Tensor, expected: Tensor, scale: Tensor) -> float:
+    return float((actual.detach() - expected.detach()).abs().max() / scale)
+
+
+def test_padded_loss_and_gradients_equal_stock_at_every_training_step(synthetic_dir):
+    torch.manual_seed(0)
+    split = load_coco_folder(synthetic_dir, "train")
+    category_to_label, id2label = label_maps(split.coco["categories"])
+    dataset = DetectionDataset(split, category_to_label, IMAGE_SIZE)  # no augmentation: batches are what they say
+    stock_collator = DetectionCollator(IMAGE_SIZE)  # labels: a list of per-image dicts, as --num_buckets 0
+    padded_collator = DetectionCollator(IMAGE_SIZE, compute_bucket_sizes(dataset.object_counts(), 1))
+    model = build_model("detr-tiny", id2label)  # dropout 0.0: the forward is deterministic
+    names, parameters = zip(*[(name, p) for name, p in model.named_parameters() if p.requires_grad], strict=True)
+    optimizer = build_optimizer(model, LEARNING_RATE, LEARNING_RATE, weight_decay=0.0)
+    captured = CapturedOutputs()
+    model.loss_function = captured
+    model.train()
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    padded_batches = 0
+    for step in range(STEPS):
+        samples = [dataset[i] for i in order[step * BATCH_SIZE:(step + 1) * BATCH_SIZE]]
+        stock_batch, padded_batch = stock_collator(samples), padded_collator(samples)
+        padded_batches += int(not padded_batch["labels"]["valid"].all())
+
+        model(pixel_values=padded_batch["pixel_values"], pixel_mask=padded_batch["pixel_mask"],
+              labels=padded_batch["labels"])
+        stock_loss, stock_dict = captured.loss(ForObjectDetectionLoss, stock_batch["labels"])
+        loss, loss_dict = captured.loss(padded_detr_loss, padded_batch["labels"])
+        stock_grads = torch.autograd.grad(stock_loss, parameters, retain_graph=True)
+        grads = torch.autograd.grad(loss, parameters)
+
+        assert list(loss_dict) == list(stock_dict)
+        for key, expected in [("loss", stock_loss), *stock_dict.items()]:
+            value, expected = (loss if key == "loss" else loss_dict[key]).detach(), expected.detach()  # () each
+            relative = deviation(value, expected, expected.abs().clamp(min=1e-6))
+            assert relative <= LOSS_RTOL, f"step {step}, {key}: {float(value)} vs stock {float(expected)}"
+        # Relative to the largest gradient entry: the backward's rounding scales with the values flowing through it,
+        # and some gradients are 0 in exact arithmetic (attention ignores a key bias), so their computed ~1e-9 is
+        # rounding that no per-tensor relative tolerance bounds.
+        scale = torch.stack([g.abs().max() for g in stock_grads]).max()  # ()
+        for name, grad, stock_grad in zip(names, grads, stock_grads, strict=True):
+            relative = deviation(grad, stock_grad, scale)
+            assert relative <= GRAD_TOL, f"step {step}, gradient of {name}: off by {relative:.1e} of the largest"
+
+        for parameter, grad in zip(parameters, grads, strict=True):
+            parameter.grad = grad
+        optimizer.step()
+        optimizer.zero_grad()
+    assert padded_batches > 0, "no batch had padding rows: the loss's padding mask went untested"
