@@ -17,10 +17,13 @@ from torch import Tensor
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
-from detr_ft.collate import DetectionCollator, compute_bucket_sizes
-from detr_ft.data import DetectionDataset, label_maps, load_coco_folder
-from detr_ft.loss import padded_detr_loss
-from detr_ft.model import build_model, build_optimizer
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
+from detr_ft.data.sources import load_coco_folder
+from detr_ft.model.build import build_model
+from detr_ft.model.loss import padded_detr_loss
+from detr_ft.train.optimizer import build_optimizer
 
 IMAGE_SIZE, BATCH_SIZE, STEPS, LEARNING_RATE = 64, 8, 10, 3e-4  # test_train.py's run: 10 of its 12 steps an epoch
 # Worst deviations measured over the 10 steps (OMP_NUM_THREADS=1 / 2): loss terms 3.5e-7 / 2.6e-7 relative (2-3
@@ -56,7 +59,8 @@ def deviation(actual: Tensor, expected: Tensor, scale: Tensor) -> float:
 def test_padded_loss_and_gradients_equal_stock_at_every_training_step(synthetic_dir):
     torch.manual_seed(0)
     split = load_coco_folder(synthetic_dir, "train")
-    category_to_label, id2label = label_maps(split.coco["categories"])
+    classes = ClassMapping.from_categories(split.coco["categories"])
+    category_to_label, id2label = classes.category_to_label, classes.id2label
     dataset = DetectionDataset(split, category_to_label, IMAGE_SIZE)  # no augmentation: batches are what they say
     stock_collator = DetectionCollator(IMAGE_SIZE)  # labels: a list of per-image dicts, as --num_buckets 0
     padded_collator = DetectionCollator(IMAGE_SIZE, compute_bucket_sizes(dataset.object_counts(), 1))
