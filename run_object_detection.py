@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         warn_queries_overflow,
     )
     from detr_ft.validation import DatasetError
-    from patches import trainer_resume_weights
+    from patches import apply_patches
 
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
     set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
@@ -68,10 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     training_args = finalize_training_arguments(training_args, shape_args, len(data.train))
     training_args = training_arguments(device_type, device_args, training_args)
     model.to(training_args.device)
-    pretrained = not is_preset(model_args.model_name_or_path)
-    backbone_lr = model_args.backbone_lr or (1e-5 if pretrained else training_args.learning_rate)
-    optimizer = build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay,
-                                adamw_class(training_args))
     eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
     trainer = build_trainer(
         device_args, training_args,
@@ -82,12 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=image_processor(data_args.image_size, shape_args.pad_images),
         compute_metrics=CocoMetrics(data.eval_split, data.label_to_category_id, data.id2label),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        optimizers=(optimizer, None),
         callbacks=[*callbacks,
                    RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
                                       precision_name(training_args))],
     )
-    trainer_resume_weights.patch_trainer(trainer)
+    pretrained = not is_preset(model_args.model_name_or_path)
+    apply_patches(model, trainer, static_shapes=bool(data.bucket_sizes),
+                  train_backbone_stages=pretrained and not model_args.freeze_backbone,
+                  cpu_position_embedding=device_args.cpu_position_embedding)
+    # After the patches (they choose the trainable parameters) and with the model on its device.
+    backbone_lr = model_args.backbone_lr or (1e-5 if pretrained else training_args.learning_rate)
+    trainer.optimizer = build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay,
+                                        adamw_class(training_args))
     try:
         trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
     except NonFiniteLossError as error:
