@@ -38,11 +38,11 @@ data: $(DATA)/annotations/train.json
 demo: $(VENV)/.installed
 	$(PY) -m detr_ft.demo
 
-# Stock path against ours on a DETR-R50-shaped random model (CPU): host syncs, compilations, compile warm-up,
-# eager steps/s, matcher and mAP-evaluation time. Prints a table, writes bench/results.json (gitignored).
-# BENCH_ARGS=--quick: a smoke run of every measure at toy sizes.
-bench: $(VENV)/.installed
-	$(PY) -m bench.run_bench $(BENCH_ARGS)
+# Stock path against ours on a DETR-R50-shaped random model (CPU): host syncs (on both stacks: the Gaudi one in
+# $(GAUDI_VENV)), compilations, compile warm-up, eager steps/s, matcher and mAP-evaluation time. Prints a table,
+# writes bench/results.json (gitignored). BENCH_ARGS=--quick: a smoke run of every measure at toy sizes.
+bench: $(VENV)/.installed $(GAUDI_VENV)/.installed
+	$(PY) -m bench.run_bench --gaudi_python $(GAUDI_PY) $(BENCH_ARGS)
 
 # Fine-tune facebook/detr-resnet-50 on CPPE-5 (needs the hub), with the recommended static shapes.
 train: $(VENV)/.installed

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
     from detr_ft.train.optimizer import adamw_class, build_optimizer
     from detr_ft.train.run_summary import RunSummaryCallback, precision_name
-    from patches import trainer_resume_weights
+    from patches import apply_patches, apply_trainer_patches
 
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
     set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         callbacks.append(guard)  # before RunSummaryCallback: its host-sync count includes the guard's read
     training_args = finalize_training_arguments(training_args, shape_args, len(data.train))
     training_args = training_arguments(device_type, device_args, training_args)
-    model.to(training_args.device)
+    model.to(training_args.device)  # on Gaudi after adapt_transformers_to_gaudi(), which the device set-up runs
     pretrained = not is_preset(model_args.model_name_or_path)
+    apply_patches(model, static_shapes=bool(data.bucket_sizes),
+                  train_backbone_stages=pretrained and not model_args.freeze_backbone,
+                  cpu_position_embedding=device_args.cpu_position_embedding)
+    # After the patches (they choose the trainable parameters) and with the model on its device.
     backbone_lr = model_args.backbone_lr or (1e-5 if pretrained else training_args.learning_rate)
     optimizer = build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay,
                                 adamw_class(training_args))
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                    RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
                                       precision_name(training_args))],
     )
-    trainer_resume_weights.patch_trainer(trainer)
+    apply_trainer_patches(trainer)
     try:
         trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
     except NonFiniteLossError as error:

@@ -4,7 +4,8 @@ bench/workload.py), measured on this machine; prints a table and writes bench/re
     python -m bench.run_bench [--quick] [--output bench/results.json]
 
 Measures (medians of interleaved repeats where timed):
-- syncs_per_step: host syncs of one training step (forward, loss, backward), by `HostSyncCounter`;
+- syncs_per_step: host syncs of one training step (forward, loss, backward), by `HostSyncCounter`; again on the Gaudi
+  stack (`gaudi_stack`: optimum-habana 1.21.2 + transformers 4.55, run in `--gaudi_python` by bench/gaudi_syncs.py);
 - recompiles / compile_warmup_s: graphs compiled and wall time of the first steps with `model.model` compiled
   (bench/compile_warmup.py);
 - eager_steps_per_s: training steps (forward, loss, backward, AdamW) per second without compilation;
@@ -23,6 +24,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,6 +48,9 @@ MAX_MAP_DIFF = 1e-4
 class BenchArguments:
     quick: bool = field(default=False, metadata={"help": "Smoke run of every measure at toy sizes (< 1 min)."})
     output: str = field(default="bench/results.json", metadata={"help": "Where to write the results (json)."})
+    gaudi_python: str = field(
+        default=".venv-gaudi/bin/python", metadata={"help": "Python of the Gaudi stack's venv; skipped if absent."}
+    )
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,21 @@ def syncs_per_step(workload: Workload, steps: int) -> dict[str, dict]:
     results = {}
     for path in PATHS:
         model = build_model(workload, path)
+        batches = make_batches(workload, path, samples)[:steps]  # before the counter: the data loader's tensors
         with HostSyncCounter() as counter:
-            for batch in make_batches(workload, path, samples)[:steps]:
+            for batch in batches:
                 model(**batch).loss.backward()
         results[path] = {"per_step": counter.count / steps, "by_op": {op: n / steps for op, n in counter.by_op.items()}}
     return results
+
+
+def gaudi_stack_syncs(workload: Workload, steps: int, python: str) -> dict:
+    """`syncs_per_step` on the Gaudi stack, in its own venv (bench/gaudi_syncs.py); {"skipped": why} without it."""
+    if not Path(python).exists():
+        return {"skipped": f"no {python} (make venv-gaudi)"}
+    command = [python, "-m", "bench.gaudi_syncs", "--workload", json.dumps(asdict(workload)), "--steps", str(steps)]
+    finished = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
 def eager_steps_per_s(workload: Workload, repeats: int) -> dict[str, float]:
@@ -177,13 +192,14 @@ def judge_goals(results: dict) -> dict[str, dict]:
     }
 
 
-def run(sizes: BenchSizes) -> dict:
+def run(sizes: BenchSizes, gaudi_python: str) -> dict:
     start, start_cpu = time.perf_counter(), cpu_seconds()
     workload = sizes.workload
     results: dict = {"machine": machine_info(), "sizes": asdict(sizes), "num_buckets": 1}
     syncs = syncs_per_step(workload, sizes.sync_steps)
     results["syncs_per_step"] = {path: syncs[path]["per_step"] for path in PATHS}
     results["syncs_by_op"] = {path: syncs[path]["by_op"] for path in PATHS}
+    results["gaudi_stack"] = gaudi_stack_syncs(workload, sizes.sync_steps, gaudi_python)
 
     compile_run = (sizes.compile_backend, sizes.compile_epochs, sizes.compile_batches)
     compiles = {path: compile_warmup_isolated(workload, path, *compile_run) for path in PATHS}
@@ -228,6 +244,11 @@ def format_table(results: dict) -> str:
         (f"mAP eval s, {results['map_eval_images']} images", results["map_eval_s"], "{:.1f}", "time",
          goals["map_eval"]),
     ]
+    gaudi = results["gaudi_stack"]
+    if "syncs_per_step" in gaudi:
+        gaudi_goal = {"target": "ours == 1", "met": gaudi["syncs_per_step"]["ours"] == 1}
+        rows.insert(1, (f"host syncs per step, Gaudi stack (transformers {gaudi['stack']['transformers']})",
+                        gaudi["syncs_per_step"], "{:.0f}", None, gaudi_goal))
     lines = ["| measure | stock | ours | ours' speed-up | goal met |", "| --- | ---: | ---: | ---: | --- |"]
     for name, values, number, unit, goal in rows:
         stock = values["pycocotools" if "pycocotools" in values else "stock"]
@@ -236,6 +257,8 @@ def format_table(results: dict) -> str:
         versus = "" if speedup is None else f"{speedup:.2f}x"
         met = "" if goal is None else ("yes" if goal["met"] else "no") + f" ({goal['target']})"
         lines.append(f"| {name} | {number.format(stock)} | {number.format(ours)} | {versus} | {met} |")
+    if "skipped" in gaudi:
+        lines.append(f"\nGaudi stack skipped: {gaudi['skipped']}")
     machine = results["machine"]
     lines.append(
         f"\nmAP max |diff| {results['map_max_abs_diff']:.2e}; {machine['cpu_count']} x {machine['processor']}, "
@@ -248,7 +271,7 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(argv)
-    results = run(QUICK if args.quick else FULL)
+    results = run(QUICK if args.quick else FULL, args.gaudi_python)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))

@@ -14,9 +14,9 @@ Boxes are normalized (cx, cy, w, h), sides 5-50% of the image, inside it.
 
 The two paths batch the same samples in the same order:
 - stock, as the HF example: the unpatched model with transformers' loss, labels a list of per-image dicts, images
-  padded to the batch's largest;
+  padded to the batch's largest (on the Gaudi stack, transformers as `adapt_transformers_to_gaudi()` leaves it);
 - ours: images padded to image_size x image_size, targets padded to 1 bucket (the largest count of the data set),
-  `use_static_shape_loss` (padded-target loss and the sync patches).
+  `use_static_shape_loss` (padded-target loss) and `apply_patches(static_shapes=True)` (the sync patches).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.model.static_shapes import use_static_shape_loss
+from patches import apply_patches
 
 PATHS = ("stock", "ours")
 NUM_LABELS = 5
@@ -69,11 +70,13 @@ def detr_config(workload: Workload) -> DetrConfig:
 
 
 def build_model(workload: Workload, path: str) -> DetrForObjectDetection:
-    """The random DETR in training mode, switched to our static-shape loss on path "ours"."""
+    """The random DETR in training mode, switched to our static-shape loss and patches on path "ours". The stock path
+    gets only what it needs to run at all (on the Gaudi stack, patches/habana_detr_loss.py; on the main one nothing)."""
     torch.manual_seed(workload.seed)
     model = DetrForObjectDetection(detr_config(workload)).train()
     if path == "ours":
         use_static_shape_loss(model)
+    apply_patches(model, static_shapes=path == "ours")
     return model
 
 

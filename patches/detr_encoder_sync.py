@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers.models.detr.modeling_detr import DetrEncoderLayer
 
+TESTED = {"transformers": ("==5.24.*",)}
+
 
 def patch_model(model: nn.Module) -> int:
     """Swap the forward of every DetrEncoderLayer in `model` (idempotent); returns how many layers it patched."""

@@ -15,6 +15,8 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.detr.modeling_detr import DetrDecoder, DetrEncoder
 
+TESTED = {"transformers": ("==5.24.*",)}
+
 
 def patch_model(model: nn.Module) -> int:
     """Hook every DetrEncoder / DetrDecoder in `model` (idempotent); returns how many modules are hooked."""

@@ -4,7 +4,8 @@ Why: transformers 5.x `save_pretrained` writes checkpoints under the original ke
 DETR's `backbone.conv_encoder.model.*`, `self_attn.out_proj`, `fc1`, ...), but `Trainer._load_from_checkpoint` reads
 them back with `model.load_state_dict(state_dict, strict=False)`, without the renaming `from_pretrained` applies: the
 renamed weights (DETR's whole backbone and its attention output and MLP projections) silently keep their values from
-before the resume. The patched loader renames the keys as `from_pretrained` does and loads strictly.
+before the resume. The patched loader renames the keys as `from_pretrained` does and loads strictly. transformers
+4.x saves under the names it loads: `apply_patches` leaves it out there.
 Upstream: huggingface/transformers#43701 and #48805 (fix proposed in PR #48822, not in 5.24). Delete when the pinned
 transformers renames on resume; tests/test_resume.py fails without this patch.
 """
@@ -12,16 +13,17 @@ transformers renames on resume; tests/test_resume.py fails without this patch.
 import types
 from pathlib import Path
 
-import transformers
 from safetensors.torch import load_file
 from transformers import Trainer
 from transformers.utils import SAFE_WEIGHTS_NAME
 
+TESTED = {"transformers": ("==5.24.*",)}
 
-def patch_trainer(trainer: Trainer) -> None:
-    """Make `trainer` load resumed weights through the model's key renaming; transformers 4.x needs nothing."""
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        trainer._load_from_checkpoint = types.MethodType(load_renamed_checkpoint, trainer)
+
+def patch_trainer(trainer: Trainer) -> int:
+    """Make `trainer` load resumed weights through the model's key renaming (transformers 5.x); returns 1."""
+    trainer._load_from_checkpoint = types.MethodType(load_renamed_checkpoint, trainer)
+    return 1
 
 
 def load_renamed_checkpoint(trainer: Trainer, resume_from_checkpoint: str, model=None) -> None:

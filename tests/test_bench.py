@@ -48,6 +48,17 @@ def test_ours_syncs_once_per_step_and_stock_often(quick_run):
     assert results["goals"]["syncs"]["met"]
 
 
+def test_gaudi_stack_syncs_once_per_step(quick_run):
+    results, printed = quick_run
+    gaudi = results["gaudi_stack"]
+    if "skipped" in gaudi:
+        pytest.skip(gaudi["skipped"])
+    assert gaudi["stack"]["transformers"].startswith("4.55") and gaudi["stack"]["optimum-habana"]
+    assert gaudi["syncs_per_step"]["ours"] == 1 and gaudi["syncs_by_op"]["ours"] == {"Tensor.cpu": 1.0}
+    assert gaudi["syncs_per_step"]["stock"] > 1
+    assert "host syncs per step, Gaudi stack" in printed
+
+
 def test_ours_compiles_once_and_stock_recompiles(quick_run):
     results, _ = quick_run
     assert results["recompiles"]["ours"] == 1 and results["graph_breaks"]["ours"] == 0

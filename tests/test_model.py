@@ -1,4 +1,5 @@
-"""Model building: the backbone-freezing fix, DETR's from-scratch init, backbone learning rate groups."""
+"""Model building: backbone freezing, DETR's from-scratch init, backbone learning rate groups (the backbone-stage
+patch: test_backbone_stages.py)."""
 
 import torch
 from torch import nn
@@ -6,7 +7,6 @@ from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from detr_ft.model.build import build_model
 from detr_ft.train.optimizer import optimizer_param_groups
-from patches.detr_backbone_stages import TRAINABLE_STAGES
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
 
@@ -26,32 +26,8 @@ def saved_resnet_detr(path):
     return path
 
 
-def detr_stage_parameters(backbone: nn.Module) -> set[str]:
-    return {n for n, _ in backbone.named_parameters() if any(s in n for s in TRAINABLE_STAGES)}
-
-
-def trainable_names(module: nn.Module) -> set[str]:
-    return {n for n, p in module.named_parameters() if p.requires_grad}
-
-
-def test_stock_transformers_does_not_train_detr_stages(tmp_path):
-    """The bug the patch fixes; if this fails, transformers got it right and the patch can go.
-
-    Built directly, `DetrConvEncoder` freezes the whole HF-ResNet backbone (its "stage.N" never matches
-    "stages.N"); loaded with from_pretrained (transformers 5.x) everything is trainable, stem and stage 0 too.
-    """
-    built = DetrForObjectDetection(DetrForObjectDetection.from_pretrained(saved_resnet_detr(tmp_path)).config)
-    loaded = DetrForObjectDetection.from_pretrained(tmp_path)
-    detr = detr_stage_parameters(loaded.model.backbone.model)
-    assert trainable_names(built.model.backbone.model) != detr
-    assert trainable_names(loaded.model.backbone.model) != detr
-
-
-def test_pretrained_backbone_trains_stages_1_to_3_only(tmp_path):
+def test_pretrained_model_gets_a_head_for_the_labels(tmp_path):
     model = build_model(str(saved_resnet_detr(tmp_path)), ID2LABEL)
-    backbone = model.model.backbone.model
-    assert trainable_names(backbone) == detr_stage_parameters(backbone)
-    assert not any("stages.0." in n or "embedder" in n for n in trainable_names(backbone))
     assert model.config.id2label == ID2LABEL and model.class_labels_classifier.out_features == 4
 
 

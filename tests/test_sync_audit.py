@@ -115,3 +115,27 @@ def test_counter_counts_each_kind_of_sync_once():
         device_tensor.tolist()
         (device_tensor * 2).to(torch.float64).sum()  # no sync
     assert dict(counter.by_op) == {"aten._local_scalar_dense": 2, "aten.index": 1, "Tensor.cpu": 1, "Tensor.tolist": 1}
+
+
+def test_counter_counts_cpu_transfers_named_as_such():
+    device_tensor = torch.rand(3, 4)  # (3, 4)
+    with HostSyncCounter() as counter:
+        device_tensor.to("cpu").sum().item()  # the transfer counts, the read of its host copy does not
+        device_tensor.to(device="cpu", dtype=torch.float64)
+        device_tensor.to(torch.float64)  # no device: stays on the device
+        device_tensor.to(device_tensor.device)  # the audited device itself
+    assert dict(counter.by_op) == {"Tensor.to": 2}
+
+
+def test_counter_ignores_reads_of_host_created_tensors():
+    device_tensor = torch.rand(3)  # (3,)
+    with HostSyncCounter() as counter:
+        if torch.rand([]) < 0.5:  # LayerDrop's draw: a cpu tensor even on an accelerator
+            pass
+        torch.tensor([1, 2]).sum().item()
+    assert counter.count == 0
+    with HostSyncCounter() as counter:
+        if torch.rand([], device=device_tensor.device) < 0.5:  # on the device: a read
+            pass
+        (torch.rand([]) * device_tensor.sum()).item()  # a 0-dim host tensor times a device value: on the device
+    assert dict(counter.by_op) == {"aten._local_scalar_dense": 2}

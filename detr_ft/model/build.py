@@ -1,7 +1,8 @@
 """Build the DETR to fine-tune: a hub id, a local HF directory, or a preset config trained from scratch.
 
 Pretrained models keep DETR's fine-tuning recipe: frozen BatchNorm, stem and ResNet stage 0 frozen, stages
-1-3 trained at `backbone_lr` (1e-5 in the paper). Presets start from DETR's own initialisation, which a
+1-3 trained at `backbone_lr` (1e-5 in the paper); the stages are set by patches/detr_backbone_stages.py, which
+`patches.apply_patches` applies. Presets start from DETR's own initialisation, which a
 from-scratch DETR needs to learn at all: xavier-uniform transformer weights, N(0, 1) query embeddings, a
 fully trainable backbone with trainable BatchNorm (transformers swaps in a frozen BatchNorm that does
 nothing for random weights).
@@ -12,10 +13,10 @@ from __future__ import annotations
 import logging
 
 from torch import nn
-from transformers import DetrConfig, DetrForObjectDetection, ResNetBackbone
+from transformers import DetrConfig, DetrForObjectDetection
 
 from detr_ft.model.presets import is_preset, load_preset, preset_names
-from patches.detr_backbone_stages import train_resnet_stages
+from patches.detr_backbone_stages import backbone_network
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +50,9 @@ def build_model(
         except OSError as error:
             raise OSError(f"--model_name_or_path {name_or_path}: not a preset ({', '.join(preset_names())}), nor a "
                           f"local model directory, nor loadable from the hub ({error})") from error
-        if isinstance(backbone_network(model), ResNetBackbone):
-            train_resnet_stages(backbone_network(model))
     if freeze_backbone:
         model.model.backbone.requires_grad_(False)
     return model
-
-
-def backbone_network(model: DetrForObjectDetection) -> nn.Module:
-    """The CNN inside DETR's DetrConvEncoder, which transformers 4.55 wraps in a DetrConvModel (the Gaudi stack)."""
-    conv_encoder = model.model.backbone
-    return getattr(conv_encoder, "conv_encoder", conv_encoder).model
 
 
 def init_from_scratch(model: DetrForObjectDetection) -> None:

@@ -88,6 +88,12 @@ class DeviceArguments:
     use_hpu_graphs_for_inference: bool = field(default=False, metadata={"help": "Wrap evaluation in HPU graphs."})
     throughput_warmup_steps: int = field(default=0, metadata={"help": "Steps left out of the throughput (HPU)."})
     autocast: bool = field(default=False, metadata={"help": "bf16 autocast (the seed's --autocast); same as --bf16."})
+    cpu_position_embedding: bool = field(
+        default=False,
+        metadata={"help": "Gaudi, static shapes: keep optimum-habana's DETR position embedding computed on the CPU "
+                  "(huggingface/optimum-habana#1334, a workaround for its HPU execution then): 2 host round-trips per "
+                  "step. Off: computed on the HPU, as transformers does (patches/detr_position_embedding.py)."},
+    )
 
 
 TRAINING_DEFAULTS = {

@@ -2,7 +2,8 @@
 
 Fields: device, trainer, precision, image_size, buckets, steps, epochs, train_samples_per_second (the trainer's,
 first steps and evaluations included), steady_samples_per_second (from the median step time after WARMUP_STEPS),
-host_syncs_per_step and graph_compilations (during training, evaluations included).
+host_syncs_per_step, stack (the torch, transformers and optimum-habana versions that count holds for; None for a
+package not installed) and graph_compilations (during training, evaluations included).
 
 Host syncs are counted over forward, loss, backward and gradient clipping of one step (the second, so one-time
 set-up is not counted): the part of a step that runs as one graph on HPU. Graph compilations are read in-process at
@@ -12,6 +13,7 @@ torch.compile from dynamo's counters (graphs compiled, recompilations included).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import statistics
@@ -53,6 +55,17 @@ def graph_compilations() -> dict[str, int]:
     return {name: count for name, count in counts.items() if count}
 
 
+def stack_versions() -> dict[str, str | None]:
+    """Installed versions of the packages whose code runs in a training step."""
+    versions = {}
+    for package in ("torch", "transformers", "optimum-habana"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
 def precision_name(args: TrainingArguments) -> str:
     return "bf16 autocast" if args.bf16 else "fp32"
 
@@ -82,6 +95,7 @@ class RunSummaryCallback(TrainerCallback):
         if self.counter is not None and "host_syncs_per_step" not in self.summary:
             self.counter.__exit__(None, None, None)
             self.summary["host_syncs_per_step"] = self.counter.count
+            self.summary["stack"] = stack_versions()
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()

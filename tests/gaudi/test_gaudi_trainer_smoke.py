@@ -16,6 +16,7 @@ from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments  # 
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig  # noqa: E402
 
 from detr_ft.evaluation.loop import EVAL_IGNORE_KEYS  # noqa: E402
+from patches import apply_patches  # noqa: E402
 
 IMAGE_SIZE = 64
 NUM_LABELS = 3
@@ -79,7 +80,9 @@ def gaudi_trainer(**kwargs) -> GaudiTrainer:
     args = GaudiTrainingArguments(use_habana=False, use_cpu=True, use_lazy_mode=False, per_device_eval_batch_size=2,
                                   report_to=[], remove_unused_columns=False, **kwargs)
     gaudi_config = GaudiConfig(use_fused_adam=False, use_fused_clip_norm=False, use_torch_autocast=False)
-    return GaudiTrainer(model=tiny_detr(), args=args, gaudi_config=gaudi_config,
+    model = tiny_detr()
+    apply_patches(model, static_shapes=False)  # the stock loss needs patches/habana_detr_loss.py under Gaudi's adapt
+    return GaudiTrainer(model=model, args=args, gaudi_config=gaudi_config,
                         eval_dataset=RandomBoxesDataset(4, seed=1), data_collator=collate,
                         compute_metrics=lambda prediction: {"batches": float(len(prediction.predictions))},
                         preprocess_logits_for_metrics=keep_class_logits_and_boxes)

@@ -1,0 +1,1 @@
+"""Test-only stand-in for `habana_frameworks.torch.hpex`: importable, for `adapt_transformers_to_gaudi()`."""

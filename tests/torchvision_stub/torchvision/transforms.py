@@ -1,0 +1,1 @@
+"""Importable only: DETR and the Gaudi tests use no torchvision transform."""
