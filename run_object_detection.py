@@ -30,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     from detr_ft.data.images import Preprocessing
     from detr_ft.data.prepare import prepare_data, warn_queries_overflow
     from detr_ft.data.validation import DatasetError
-    from detr_ft.evaluation.loop import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
+    from detr_ft.evaluation.loop import (
+        EVAL_IGNORE_KEYS,
+        CocoMetrics,
+        gather_image_index_as_labels,
+        preprocess_logits_for_metrics,
+    )
     from detr_ft.evaluation.report import format_map_table
     from detr_ft.model.build import build_model
     from detr_ft.model.presets import default_image_size, is_preset
@@ -38,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from detr_ft.run_files import save_run_arguments
     from detr_ft.train.arguments import finalize_training_arguments
     from detr_ft.train.checkpoints import CheckpointCompleteCallback, resume_checkpoint
+    from detr_ft.train.ddp_buffers import BroadcastBuffersBeforeEvaluation
     from detr_ft.train.devices import build_trainer, training_arguments
     from detr_ft.train.map_history import MapHistoryCallback, read_history
     from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
@@ -61,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     warn_queries_overflow(data, model.config.num_queries)
     if data.bucket_sizes:
         use_static_shape_loss(model)
-    callbacks = [MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback()]
+    callbacks = [MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback(),
+                 BroadcastBuffersBeforeEvaluation()]
     if shape_args.check_finite_loss:
         guard = NonFiniteLossGuard(training_args.output_dir, shape_args.skip_nonfinite_batches, data.train_image_names)
         guard.install(model)
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                       precision_name(training_args))],
     )
     apply_trainer_patches(trainer)
+    gather_image_index_as_labels(trainer)
     try:
         trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
     except NonFiniteLossError as error:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,11 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 ENTRY = REPO / "run_object_detection.py"
 
 
-def tiny_coco(folder: Path, num_train: int = 4, objects_per_image: tuple[int, int] = (1, 3), seed: int = 0) -> Path:
+def tiny_coco(folder: Path, num_train: int = 4, objects_per_image: tuple[int, int] = (1, 3), seed: int = 0,
+              num_validation: int = 2) -> Path:
     from detr_ft.data.synthetic import write_synthetic_coco
 
     if not (folder / "annotations" / "train.json").exists():
-        write_synthetic_coco(folder, num_train=num_train, num_validation=2, image_size=32,
+        write_synthetic_coco(folder, num_train=num_train, num_validation=num_validation, image_size=32,
                              min_objects=objects_per_image[0], max_objects=objects_per_image[1], seed=seed)
     return folder
 
@@ -53,6 +55,14 @@ def run_in_process(argv: list[str]) -> int:
 
 def entry_command(argv: list[str]) -> list[str]:
     return [sys.executable, str(ENTRY), *argv]
+
+
+def run_two_processes(argv: list[str]) -> subprocess.CompletedProcess:
+    """The entry under `torch.distributed.run` with 2 processes on CPU (gloo), one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ENTRY),
+               *argv, "--ddp_backend", "gloo"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 _reference_runs: dict[str, Path] = {}

@@ -10,13 +10,10 @@ statistics (there is no SyncBatchNorm), another computation.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from entry_runs import ENTRY, entry_argv, logged_losses, run_in_process, tiny_coco
+from entry_runs import entry_argv, logged_losses, run_in_process, run_two_processes, tiny_coco
 from transformers import DetrConfig, DetrForObjectDetection
 
 from detr_ft.model.presets import load_preset
@@ -57,10 +54,7 @@ def test_two_processes_with_batch_b_log_the_losses_of_one_with_batch_2b(tmp_path
     counts = first_step_object_counts(tmp_path / "coco")
     assert counts[0] != counts[1]  # else a per-process box count would pass too
     parallel = tmp_path / "parallel"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ENTRY),
-               *run_argv(tmp_path, parallel, 2, "--ddp_backend", "gloo")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_two_processes(run_argv(tmp_path, parallel, 2))
     assert result.returncode == 0, result.stderr[-3000:]
 
     single_losses = logged_losses(single / f"checkpoint-{STEPS}")

@@ -127,3 +127,15 @@ def test_a_carved_eval_split_is_carved_again_as_training_carved_it(trained_run: 
     assert [image["id"] for image in other_seed.coco["images"]] != [image["id"] for image in carved.coco["images"]]
     with pytest.raises(ValueError, match="no split"):
         eval_checkpoints.load_split(settings, "no_such_split")
+
+
+@pytest.mark.parametrize("variable", ["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"])  # torchrun, gaudi_spawn --use_mpi
+def test_eval_checkpoints_and_inference_refuse_several_processes(trained_run: Path, tmp_path: Path, monkeypatch,
+                                                                 caplog, variable: str) -> None:
+    run_dir = copy_run(trained_run, tmp_path / "run")
+    monkeypatch.setenv(variable, "2")
+    assert eval_checkpoints.main(["--run_dir", str(run_dir)]) == 2
+    assert inference.main(["--model_path", str(run_dir), "--output_dir", str(tmp_path / "out")]) == 2
+    refusals = [r.getMessage() for r in caplog.records if "launched as 2 processes" in r.getMessage()]
+    assert len(refusals) == 2 and all("plain python" in message for message in refusals)
+    assert not any((run_dir / name).exists() for name in RUN_OUTPUTS) and not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.coco_map import SUMMARY_NAMES
 from detr_ft.evaluation.loop import CocoMetrics
 from detr_ft.evaluation.report import TABLE_KEYS, format_map_table
-from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, split_rows
+from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, several_processes_error, split_rows
 from detr_ft.run_files import read_run_arguments, write_json_atomic
 from detr_ft.train.arguments import DataArguments
 from detr_ft.train.checkpoints import checkpoint_step, complete_checkpoints
@@ -96,6 +96,10 @@ def plot_map(path: Path, records: list[dict], best: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     (args,) = HfArgumentParser(EvalCheckpointsArguments).parse_args_into_dataclasses(argv)
+    refusal = several_processes_error("detr_ft.evaluation.eval_checkpoints")
+    if refusal:
+        logger.error("%s", refusal)
+        return 2
     run_dir = Path(args.run_dir)
     overrides = {"dataset_dir": args.dataset_dir, "dataset_name": args.dataset_name}
     settings = {**read_run_arguments(run_dir), **{k: v for k, v in overrides.items() if v is not None}}

@@ -36,7 +36,7 @@ from detr_ft.data.labels import ClassMapping
 from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.coco_map import detections_from_predictions
 from detr_ft.evaluation.loop import CocoMetrics
-from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, split_rows
+from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, several_processes_error, split_rows
 from detr_ft.run_files import read_run_arguments
 from detr_ft.train.arguments import DataArguments
 
@@ -98,6 +98,10 @@ def draw_detections(image: Image.Image, detections: list[dict], names: dict[int,
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(argv)
+    refusal = several_processes_error("detr_ft.evaluation.inference")
+    if refusal:
+        logger.error("%s", refusal)
+        return 2
     if args.images_dir and (args.dataset_dir or args.split):
         logger.error("--images_dir or --dataset_dir/--split, not both")
         return 2

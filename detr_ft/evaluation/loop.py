@@ -4,6 +4,12 @@
 tensor (B, Q, 7): [score, label, cx, cy, w, h, image_index]; `compute_metrics` turns the gathered rows into
 COCO detections in original pixels and scores them against the split's own COCO json.
 
+Under several processes the loop gathers, per batch, the rows and whatever `prediction_step` returns as labels.
+DETR's labels differ in shape between processes (a target bucket per batch, or a list of per-image tensors), which
+all_gather cannot take, so `gather_image_index_as_labels` makes `prediction_step` return the batch's image index
+(B,) instead: the loss still gets the full labels, the metric needs nothing else. The padded evaluation set splits
+into the same number of full batches on every process, so the gathered rows are the 1-process rows, reordered.
+
 Outside training (eval_checkpoints, inference) `predict_rows` runs the same Trainer loop on a saved model, with
 the same padded evaluation set, collator and `preprocess_logits_for_metrics`, so `CocoMetrics.score` of its rows
 gives the mAP the training callback logged for that checkpoint.
@@ -30,9 +36,21 @@ EVAL_IGNORE_KEYS = [f.name for f in dataclasses.fields(DetrObjectDetectionOutput
                     if f.name not in ("logits", "pred_boxes")]
 
 
-def preprocess_logits_for_metrics(outputs: tuple, labels: dict | list[dict]) -> torch.Tensor:
+def gather_image_index_as_labels(trainer: Trainer) -> Trainer:
+    """Make `trainer.prediction_step` (Trainer's or GaudiTrainer's) return the batch's image index (B,) as labels."""
+    prediction_step = trainer.prediction_step
+
+    def prediction_step_with_image_index(*args, **kwargs):
+        loss, outputs, labels = prediction_step(*args, **kwargs)
+        return loss, outputs, None if labels is None else batch_image_index(labels)
+
+    trainer.prediction_step = prediction_step_with_image_index
+    return trainer
+
+
+def preprocess_logits_for_metrics(outputs: tuple, image_index: torch.Tensor) -> torch.Tensor:
+    """Rows (B, Q, 7) of a batch, from its outputs and image index (B,) (`gather_image_index_as_labels`)."""
     logits, pred_boxes = outputs[:2]  # (B, Q, C+1), (B, Q, 4)
-    image_index = batch_image_index(labels)  # (B,)
     detections = postprocess_logits(logits.float(), pred_boxes.float())  # (B, Q, 6)
     index_column = image_index.to(detections)[:, None, None].expand(-1, detections.shape[1], 1)  # (B, Q, 1)
     return torch.cat([detections, index_column], dim=-1)  # (B, Q, 7)
@@ -91,9 +109,10 @@ def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, pad_to: int 
         args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, batch_eval_metrics=True,
                                  dataloader_drop_last=True, remove_unused_columns=False, report_to="none",
                                  disable_tqdm=not show_progress)
-        trainer = Trainer(model=model, args=args, data_collator=DetectionCollator(pad_to),
-                          eval_dataset=PaddedToMultiple(dataset, batch_size * args.world_size),
-                          compute_metrics=collector, preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+        trainer = gather_image_index_as_labels(Trainer(
+            model=model, args=args, data_collator=DetectionCollator(pad_to),
+            eval_dataset=PaddedToMultiple(dataset, batch_size * args.world_size), compute_metrics=collector,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics))
         if not show_progress:
             trainer.remove_callback(PrinterCallback)  # it would print the loop's timing dict instead
         trainer.evaluate(ignore_keys=EVAL_IGNORE_KEYS)
