@@ -11,11 +11,17 @@ import logging
 import sys
 
 from detr_ft.console import setup_logging
-from detr_ft.train.arguments import parse_arguments
+from detr_ft.train.arguments import parse_arguments, user_set_flags
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings
+from detr_ft.train.flag_checks import FlagError, check_flags, static_shape_defaults
+
+# TrainingArguments a run's checkpoints depend on, saved into run_args.json beside our own flags.
+RUN_TRAINING_ARGUMENTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                          "learning_rate", "weight_decay")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, shape_args, device_args, training_args = parse_arguments(argv)
     setup_logging()
     try:
@@ -23,7 +29,41 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceSettingsError as error:
         logging.error("%s", error)
         return 2
+    user_set = user_set_flags(argv)
+    try:
+        check_flags(model_args, data_args, shape_args, device_args, training_args, user_set)
+    except FlagError as error:
+        logging.error("%s", error)
+        return 2
+    static_shape_defaults(shape_args, device_args, training_args, user_set)
     # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
+    from detr_ft.model.build import trained_from_scratch
+    from detr_ft.model.presets import default_image_size
+    from detr_ft.run_files import flat_run_arguments
+    from detr_ft.train.run_folder import RunFolderError, check_same_run, lock_run_folder
+
+    data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
+    run_arguments = flat_run_arguments(
+        model_args, data_args, shape_args, device_args,
+        **{name: getattr(training_args, name) for name in RUN_TRAINING_ARGUMENTS},
+        from_scratch=trained_from_scratch(model_args.model_name_or_path),
+    )
+    try:  # before anything is written into the folder
+        lock = lock_run_folder(training_args.output_dir)
+        check_same_run(training_args.output_dir, run_arguments, training_args.overwrite_output_dir)
+    except RunFolderError as error:
+        logging.error("%s", error)
+        return 2
+    try:
+        return train(device_type, run_arguments, model_args, data_args, shape_args, device_args, training_args)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def train(device_type: str, run_arguments: dict, model_args, data_args, shape_args, device_args,
+          training_args) -> int:
+    """Everything after the flags are checked and the run folder is held."""
     from transformers import set_seed
 
     from detr_ft.data.dataset import PaddedToMultiple
@@ -38,32 +78,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     from detr_ft.evaluation.report import format_map_table
     from detr_ft.model.build import build_model
-    from detr_ft.model.presets import default_image_size, is_preset
     from detr_ft.model.static_shapes import use_static_shape_loss
     from detr_ft.run_files import save_run_arguments
     from detr_ft.train.arguments import finalize_training_arguments
-    from detr_ft.train.checkpoints import CheckpointCompleteCallback, resume_checkpoint
+    from detr_ft.train.checkpoints import CheckpointCompleteCallback, describe_write_failure, resume_checkpoint
     from detr_ft.train.ddp_buffers import BroadcastBuffersBeforeEvaluation
     from detr_ft.train.devices import build_trainer, training_arguments
+    from detr_ft.train.flag_checks import check_batch_fits
     from detr_ft.train.map_history import MapHistoryCallback, read_history
     from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
-    from detr_ft.train.optimizer import adamw_class, build_optimizer
+    from detr_ft.train.optimizer import adamw_class, build_optimizer, describe_training
     from detr_ft.train.run_summary import RunSummaryCallback, precision_name
     from patches import apply_patches, apply_trainer_patches
 
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
     set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
-    data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
     preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images)
     try:
         data = prepare_data(data_args, shape_args)
     except DatasetError as error:
         logging.error("%s", error)
         return 2
-    save_run_arguments(training_args.output_dir, model_args, data_args, shape_args, device_args,
-                       per_device_eval_batch_size=training_args.per_device_eval_batch_size)
-    model = build_model(model_args.model_name_or_path, data.classes.id2label, model_args.model_revision,
-                        model_args.freeze_backbone)
+    try:
+        check_batch_fits(len(data.train), training_args)
+        model = build_model(model_args.model_name_or_path, data.classes.id2label, model_args.model_revision,
+                            model_args.freeze_backbone)
+    except (FlagError, OSError) as error:  # OSError: a model the hub or the disk cannot give
+        logging.error("%s", error)
+        return 2
+    save_run_arguments(training_args.output_dir, run_arguments)
     warn_queries_overflow(data, model.config.num_queries)
     if data.bucket_sizes:
         use_static_shape_loss(model)
@@ -76,14 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     training_args = finalize_training_arguments(training_args, shape_args, len(data.train))
     training_args = training_arguments(device_type, device_args, training_args)
     model.to(training_args.device)  # on Gaudi after adapt_transformers_to_gaudi(), which the device set-up runs
-    pretrained = not is_preset(model_args.model_name_or_path)
+    from_scratch = run_arguments["from_scratch"]
     apply_patches(model, static_shapes=bool(data.bucket_sizes),
-                  train_backbone_stages=pretrained and not model_args.freeze_backbone,
+                  train_backbone_stages=not from_scratch and not model_args.freeze_backbone,
                   cpu_position_embedding=device_args.cpu_position_embedding)
     # After the patches (they choose the trainable parameters) and with the model on its device.
-    backbone_lr = model_args.backbone_lr or (1e-5 if pretrained else training_args.learning_rate)
+    backbone_lr = model_args.backbone_lr
+    if backbone_lr is None:
+        backbone_lr = training_args.learning_rate if from_scratch else 1e-5
     optimizer = build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay,
                                 adamw_class(training_args))
+    logging.getLogger("detr_ft").info("what trains:\n  %s", "\n  ".join(describe_training(model, optimizer)))
     eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
     trainer = build_trainer(
         device_args, training_args,
@@ -103,10 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     gather_image_index_as_labels(trainer)
     try:
         trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
+        trainer.save_model()
     except NonFiniteLossError as error:
         logging.error("%s", error)
         return 3
-    trainer.save_model()
+    except (OSError, RuntimeError) as error:
+        message = describe_write_failure(error, training_args.output_dir)
+        if message is None:
+            raise
+        logging.error("%s", message)
+        return 4
     print(format_map_table(read_history(training_args.output_dir)))
     return 0
 

@@ -3,3 +3,9 @@
 The package follows the pipeline: data/ -> model/ -> train/ -> evaluation/; run_object_detection.py (the entry)
 assembles them. run_files.py names the json files a run folder holds; console.py sets up what a person reads.
 """
+
+import os
+
+# albumentations (2.x) asks its package index for a newer version at every import, blocking up to 2 s offline.
+# Set here, the package's first import point, so it holds before any module imports albumentations.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -1,7 +1,8 @@
 """The json files of a run folder: written atomically, read back by later tools.
 
-`run_args.json` holds our own flags (the Trainer keeps TrainingArguments as a pickle) plus the eval batch size:
-what eval_checkpoints and inference read to rebuild the run's data and shapes.
+`run_args.json` holds our own flags (the Trainer keeps TrainingArguments as a pickle) plus the batch sizes and
+optimizer settings: what eval_checkpoints and inference read to rebuild the run's data and shapes, and what a rerun
+into the same folder is compared with (train/run_folder.py). It is written once the model is built.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def read_json_list(path: Path) -> list:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def save_run_arguments(output_dir: str | Path, *arguments, **values) -> None:
-    """The argument dataclasses `arguments` and `values` as one flat json in `output_dir`."""
+def flat_run_arguments(*arguments, **values) -> dict:
+    """The argument dataclasses `arguments` and `values` as one flat dict: what run_args.json holds."""
+    return {k: v for group in arguments for k, v in dataclasses.asdict(group).items()} | values
+
+
+def save_run_arguments(output_dir: str | Path, flat: dict) -> None:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    flat = {k: v for group in arguments for k, v in dataclasses.asdict(group).items()} | values
     write_json_atomic(Path(output_dir) / RUN_ARGUMENTS_FILE, flat)
 
 

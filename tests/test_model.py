@@ -1,12 +1,13 @@
-"""Model building: backbone freezing, DETR's from-scratch init, backbone learning rate groups (the backbone-stage
-patch: test_backbone_stages.py)."""
+"""Model building: the backbone-freezing fix, DETR's from-scratch init (kept by a folder our from-scratch run saved),
+backbone learning rate groups, the "what trains" report."""
 
 import torch
 from torch import nn
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-from detr_ft.model.build import build_model
-from detr_ft.train.optimizer import optimizer_param_groups
+from detr_ft.model.build import build_model, trained_from_scratch
+from detr_ft.run_files import save_run_arguments
+from detr_ft.train.optimizer import build_optimizer, describe_training, optimizer_param_groups
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
 
@@ -61,3 +62,43 @@ def test_backbone_learning_rate_group():
     names = {id(p): n for n, p in model.named_parameters()}
     assert all("backbone" in names[id(p)] for p in backbone["params"])
     assert len(backbone["params"]) + len(rest["params"]) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_a_detr_ft_run_trained_from_scratch_keeps_its_regime(tmp_path):
+    """Fine-tuning a folder our own from-scratch run saved: trainable BatchNorm with its learned statistics and the
+    whole backbone trained, not the pretrained recipe (frozen BatchNorm, stem and stage 0)."""
+    trained = build_model("detr-tiny", ID2LABEL)
+    for module in trained.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.fill_(0.5)
+    trained.save_pretrained(tmp_path / "run")
+    save_run_arguments(tmp_path / "run", {"model_name_or_path": "detr-tiny"})
+
+    model = build_model(str(tmp_path / "run"), ID2LABEL)
+
+    backbone = model.model.backbone.model
+    assert count_trainable(backbone) == sum(p.numel() for p in backbone.parameters())
+    batchnorms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert batchnorms and all(m.weight.requires_grad and (m.running_mean == 0.5).all() for m in batchnorms)
+    assert trained_from_scratch(str(tmp_path / "run")) and not trained_from_scratch(str(saved_resnet_detr(tmp_path)))
+
+
+def what_trains(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, tuple[int, int, str]]:
+    """Group -> (trainable, frozen, learning rates) from `describe_training`'s lines."""
+    groups = {}
+    for line in describe_training(model, optimizer):
+        name, counts = line.split(" trainable ")
+        tokens = counts.split()  # [trainable, "frozen", frozen, "lr", rates...]
+        groups[name.strip()] = (int(tokens[0].replace(",", "")), int(tokens[2].replace(",", "")), " ".join(tokens[4:]))
+    return groups
+
+
+def test_what_trains_shows_the_pretrained_freeze(tmp_path):
+    model = build_model(str(saved_resnet_detr(tmp_path)), ID2LABEL)
+    groups = what_trains(model, build_optimizer(model, 1e-4, 1e-5, 1e-4))
+
+    for frozen in ("backbone stem", "backbone stage 0", "backbone BatchNorm"):  # BatchNorm: frozen statistics
+        trainable, frozen_count, rates = groups[frozen]
+        assert trainable == 0 and frozen_count > 0 and rates == "-"
+    assert groups["backbone stage 1"][0] > 0 and groups["backbone stage 1"][2] == "1e-05"
+    assert groups["transformer"][1] == 0 and groups["heads"][2] == "0.0001"

@@ -1,10 +1,14 @@
 """kill -9 after a checkpoint, then the same command again: training resumes by itself and, with --deterministic and
-augmentation on, ends with the weights and mAP history of an uninterrupted run, bit for bit on CPU."""
+augmentation on, ends with the weights, mAP history and run summary of an uninterrupted run, bit for bit on CPU.
+A rerun after the final save failed keeps the run summary."""
 
+import json
+import shutil
 import signal
 import subprocess
 import time
 
+import pytest
 import torch
 from entry_runs import (
     entry_argv,
@@ -18,6 +22,7 @@ from entry_runs import (
 )
 
 from detr_ft.train.checkpoints import COMPLETE_MARKER
+from detr_ft.train.run_summary import SUMMARY_FILE
 
 
 def kill_after_checkpoint(command: list[str], marker, timeout: float = 300.0) -> int:
@@ -30,6 +35,11 @@ def kill_after_checkpoint(command: list[str], marker, timeout: float = 300.0) ->
     return process.wait()
 
 
+def summary(run_dir):
+    return json.loads((run_dir / SUMMARY_FILE).read_text())
+
+
+@pytest.mark.slow
 def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(tmp_path, tmp_path_factory):
     reference = reference_run(tmp_path_factory)
     argv = entry_argv(tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco"), tmp_path)
@@ -45,3 +55,20 @@ def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(tmp_path, tmp
     assert eval_records(tmp_path) == eval_records(reference)
     weights, reference_weights = final_weights(tmp_path), final_weights(reference)
     assert all(torch.equal(weights[name], reference_weights[name]) for name in reference_weights)
+
+    # The summary covers the whole run, not the part after the resume.
+    assert summary(tmp_path)["resumed_from_step"] == 2
+    assert summary(tmp_path)["train_loss"] == summary(reference)["train_loss"]
+    assert summary(tmp_path)["host_syncs_per_step"] == summary(reference)["host_syncs_per_step"] is not None
+
+
+@pytest.mark.slow
+def test_rerun_after_the_final_save_failed_keeps_the_run_summary(tmp_path, tmp_path_factory):
+    reference = reference_run(tmp_path_factory)
+    run_dir = shutil.copytree(reference, tmp_path / "run")
+    (run_dir / "model.safetensors").unlink()  # the final save failed (a full disk); every checkpoint is complete
+
+    assert run_in_process(entry_argv(tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco"), run_dir)) == 0
+
+    assert summary(run_dir) == summary(reference)  # not train_loss 0.0, samples/s 0.0 from a run of no step
+    assert (run_dir / "model.safetensors").exists()

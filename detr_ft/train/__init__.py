@@ -1,6 +1,8 @@
 """Training: arguments, device and trainer choice, and the callbacks that make a run safe and measured.
 
     arguments.py   the command line: our argument dataclasses next to TrainingArguments
+    flag_checks.py every flag checked once, before data or model
+    run_folder.py  one run per output dir: the lock, the same-run check
     devices.py     where the device is chosen: HPU (GaudiTrainer), CUDA or CPU (Trainer)
     optimizer.py   parameter groups and the optimizer
     checkpoints.py complete checkpoints only; which one to resume from

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from detr_ft.console import on_terminal
 
@@ -115,14 +117,59 @@ TRAINING_DEFAULTS = {
 ALL_ARGUMENTS = (ModelArguments, DataArguments, StaticShapeArguments, DeviceArguments, TrainingArguments)
 
 
-def parse_arguments(argv: list[str] | None = None) -> tuple:
-    """Parse the command line, or a single JSON file given as the only argument."""
+# transformers 5 dropped TrainingArguments.overwrite_output_dir; we keep its meaning (start the run folder over).
+OVERWRITE_FLAG = "overwrite_output_dir"
+TRAINING_HAS_OVERWRITE = OVERWRITE_FLAG in {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def argument_parser(with_defaults: bool = True) -> HfArgumentParser:
+    """Our dataclasses and TrainingArguments; without defaults, parsing yields only the flags given."""
     parser = HfArgumentParser(ALL_ARGUMENTS)
-    parser.set_defaults(**TRAINING_DEFAULTS)
+    if not TRAINING_HAS_OVERWRITE:
+        parser.add_argument(f"--{OVERWRITE_FLAG}", type=string_to_bool, nargs="?", const=True, default=False,
+                            help="Start over in an --output_dir that holds another run (its checkpoints are removed).")
+    if with_defaults:
+        parser.set_defaults(**TRAINING_DEFAULTS)
+    else:
+        for action in parser._actions:  # HfArgumentParser gives every field its default explicitly
+            action.default = argparse.SUPPRESS
+    return parser
+
+
+def is_json_file_argv(argv: list[str]) -> bool:
+    return len(argv) == 1 and argv[0].endswith(".json")
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple:
+    """Parse the command line, or a single JSON file given as the only argument.
+
+    `--bf16` is read as `--autocast`: TrainingArguments refuses bf16 without a bf16 GPU unless use_cpu is set, and
+    use_cpu follows --device later (`devices.training_arguments`), which turns bf16 autocast on for every device.
+    `training.overwrite_output_dir` exists on every transformers version (an attribute where 5.x lacks the field).
+    """
+    parser = argument_parser()
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_dict({**TRAINING_DEFAULTS, **json.loads(Path(argv[0]).read_text())})
-    return parser.parse_args_into_dataclasses(argv)
+    if is_json_file_argv(argv):
+        values = {**TRAINING_DEFAULTS, **json.loads(Path(argv[0]).read_text())}
+    else:
+        values = vars(parser.parse_args(argv))
+    overwrite = bool(values.get(OVERWRITE_FLAG, False))
+    if not TRAINING_HAS_OVERWRITE:
+        values.pop(OVERWRITE_FLAG, None)
+    if values.get("bf16"):
+        values.update(bf16=False, autocast=True)
+    *arguments, training = parser.parse_dict(values)
+    training.overwrite_output_dir = overwrite
+    return (*arguments, training)
+
+
+def user_set_flags(argv: list[str] | None = None) -> set[str]:
+    """Names of the flags the command line (or the JSON file) sets, whatever their value: parsed with every
+    default suppressed, so `--save_steps 500` counts even though 500 is TrainingArguments' default."""
+    argv = sys.argv[1:] if argv is None else argv
+    if is_json_file_argv(argv):
+        return set(json.loads(Path(argv[0]).read_text()))
+    return set(vars(argument_parser(with_defaults=False).parse_args(argv)))
 
 
 def global_batch_size(training: TrainingArguments) -> int:

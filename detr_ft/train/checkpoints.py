@@ -5,16 +5,25 @@ crash during a save leaves a folder that looks like a checkpoint. `CheckpointCom
 Trainer's save has returned on every process, flushes the files to disk and only then writes a marker file; resume
 and evaluation only trust folders that have it. A run resumed from step N may overwrite checkpoints past N in place,
 so it takes their markers away first.
+
+A checkpoint can still be damaged after its marker was written (a disk error, a copy cut short): resume checks the
+files it will read (`checkpoint_damage`, cheap: headers and zip directories) and falls back to the newest checkpoint
+that passes, naming the ones it skips.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import torch.distributed as dist
+from safetensors import safe_open
 from transformers import TrainerCallback, TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -75,12 +84,47 @@ class CheckpointCompleteCallback(TrainerCallback):
             fsync_files(checkpoint)
 
 
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """What makes `checkpoint` unloadable, or None: truncated safetensors (their header must cover the file),
+    torch files whose zip directory (at the end of the file) is gone, unreadable trainer_state.json."""
+    for path in sorted(checkpoint.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(path, "pt"):
+                    pass
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                zipfile.ZipFile(path).close()
+            elif path.name == "trainer_state.json":
+                json.loads(path.read_text())
+        except Exception as error:  # safetensors, zipfile and json each raise their own types for a damaged file
+            return f"{path.name}: {type(error).__name__}: {error}"
+    return None
+
+
 def resume_checkpoint(training: TrainingArguments) -> str | None:
-    """--resume_from_checkpoint if given, else the output dir's last complete checkpoint: rerunning resumes."""
+    """--resume_from_checkpoint if given, else the output dir's newest complete checkpoint that is not damaged:
+    rerunning resumes."""
     if training.resume_from_checkpoint:
         return training.resume_from_checkpoint
-    checkpoints = complete_checkpoints(training.output_dir)
-    if checkpoints:
-        logger.info("resuming from %s (the last complete checkpoint in --output_dir)", checkpoints[-1])
-        return str(checkpoints[-1])
+    for checkpoint in reversed(complete_checkpoints(training.output_dir)):
+        damage = checkpoint_damage(checkpoint)
+        if damage is None:
+            logger.info("resuming from %s (the last complete checkpoint in --output_dir)", checkpoint)
+            return str(checkpoint)
+        logger.warning("skipping %s: complete when saved, damaged since (%s)", checkpoint, damage)
     return None
+
+
+# torch.save's C++ writer reports a failed write (a full disk most often) without the OS error.
+WRITE_FAILURE_MESSAGES = ("iostream error", "file write failed", "No space left on device")
+
+
+def describe_write_failure(error: BaseException, output_dir: str | Path) -> str | None:
+    """An error message naming the disk when `error` is a failed write (a full disk, a quota); None otherwise."""
+    disk_full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not (disk_full or any(text in str(error) for text in WRITE_FAILURE_MESSAGES)):
+        return None
+    free_mb = shutil.disk_usage(output_dir).free / 2**20 if Path(output_dir).exists() else float("nan")
+    return (f"writing to --output_dir {output_dir} failed, most likely the disk is full ({free_mb:.0f} MiB free "
+            f"there): {type(error).__name__}: {error}. Free space or choose another --output_dir; rerunning resumes "
+            "from the last complete checkpoint")

@@ -34,3 +34,39 @@ def build_optimizer(model: nn.Module, learning_rate: float, backbone_lr: float, 
     """Build it after the model is on its device: moving to HPU may replace the parameter objects."""
     groups = [g for g in optimizer_param_groups(model, learning_rate, backbone_lr, weight_decay) if g["params"]]
     return optimizer_class(groups, lr=learning_rate, weight_decay=weight_decay)
+
+
+def parameter_group_name(name: str) -> str:
+    """The part of DETR a parameter (or a frozen BatchNorm's buffer) belongs to, as `describe_training` reports."""
+    if ".backbone." in f".{name}":
+        if "normalization." in name or ".bn" in name:
+            return "backbone BatchNorm"
+        for marker, first in ((".stages.", 0), (".layer", 1)):  # HF ResNet stages.0-3, timm layer1-4
+            stage = name.split(marker, 1)[1].split(".", 1)[0] if marker in name else ""
+            if stage.isdigit():
+                return f"backbone stage {int(stage) - first}"
+        return "backbone stem"
+    if name.startswith(("class_labels_classifier.", "bbox_predictor.")):
+        return "heads"
+    return "transformer"
+
+
+def describe_training(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """One line per parameter group: trainable and frozen parameter counts and the learning rate(s), so that a
+    surprising freeze is visible. Frozen BatchNorm (transformers' DetrFrozenBatchNorm2d) holds its affine weights
+    as buffers: they count as frozen."""
+    learning_rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    counts: dict[str, list] = {}  # name -> [trainable, frozen, learning rates]
+    for name, parameter in model.named_parameters():
+        entry = counts.setdefault(parameter_group_name(name), [0, 0, set()])
+        if parameter.requires_grad and id(parameter) in learning_rates:
+            entry[0] += parameter.numel()
+            entry[2].add(learning_rates[id(parameter)])
+        else:
+            entry[1] += parameter.numel()
+    for name, buffer in model.named_buffers():
+        if name.endswith((".weight", ".bias")):  # DetrFrozenBatchNorm2d's affine part
+            counts.setdefault(parameter_group_name(name), [0, 0, set()])[1] += buffer.numel()
+    return [f"{group:<20} trainable {trainable:>11,}  frozen {frozen:>11,}  lr "
+            f"{', '.join(f'{lr:g}' for lr in sorted(rates)) or '-'}"
+            for group, (trainable, frozen, rates) in counts.items()]

@@ -9,6 +9,11 @@ Host syncs are counted over forward, loss, backward and gradient clipping of one
 set-up is not counted): the part of a step that runs as one graph on HPU. Graph compilations are read in-process at
 the end of training: on HPU from Habana's `graph_compilation` metric (the counter PT_HPU_METRICS_FILE dumps), with
 torch.compile from dynamo's counters (graphs compiled, recompilations included).
+
+A resumed run's summary covers the whole run: train_loss is the mean over every step since step 0, from the logged
+losses (the callback has the Trainer log at every save and at the last step, so the logs cover every step, those
+restored from the checkpoint included); speed and host syncs are measured on the steps this process ran, counted
+from the step it resumed at (`resumed_from_step`). A rerun with no step left to train keeps the summary there is.
 """
 
 from __future__ import annotations
@@ -70,6 +75,17 @@ def precision_name(args: TrainingArguments) -> str:
     return "bf16 autocast" if args.bf16 else "fp32"
 
 
+def whole_run_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss over the logged steps: each logged loss is the mean since the previous log, so it
+    weighs by the steps since then. None when no loss was logged."""
+    total, last_step = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - last_step)
+            last_step = entry["step"]
+    return total / last_step if last_step else None
+
+
 class RunSummaryCallback(TrainerCallback):
     """`precision`: pass `precision_name(args)` before the trainer is built; GaudiTrainer clears args.bf16 in its
     __init__ (it keeps autocast to itself), so read at the end it says fp32 on the Gaudi path."""
@@ -83,12 +99,14 @@ class RunSummaryCallback(TrainerCallback):
         self.counter: HostSyncCounter | None = None
         self.step_times: list[float] = []
         self.last_step_end: float | None = None
+        self.start_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.compilations_before = graph_compilations()
+        self.start_step = state.global_step  # the resumed step, restored before on_train_begin
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == AUDITED_STEP and self.counter is None:
+        if state.global_step == self.start_step + AUDITED_STEP and self.counter is None:
             self.counter = HostSyncCounter(args.device).__enter__()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -98,8 +116,10 @@ class RunSummaryCallback(TrainerCallback):
             self.summary["stack"] = stack_versions()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or control.should_training_stop:
+            control.should_log = True  # the loss up to every checkpoint is in its log history: see whole_run_loss
         now = time.perf_counter()
-        if self.last_step_end is not None and state.global_step > WARMUP_STEPS:
+        if self.last_step_end is not None and state.global_step > self.start_step + WARMUP_STEPS:
             self.step_times.append(now - self.last_step_end)
         self.last_step_end = now
 
@@ -117,6 +137,16 @@ class RunSummaryCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
+        if state.global_step == self.start_step and self.path.exists():
+            logger.info("no step left to train (the run is at step %d): %s kept", state.global_step, self.path)
+            return
+        loss = whole_run_loss(state.log_history)
+        if loss is not None:
+            self.summary["train_loss"] = loss
+        if self.start_step:
+            self.summary["resumed_from_step"] = self.start_step
+        if state.global_step == self.start_step:
+            self.summary["train_samples_per_second"] = None  # no step ran in this process
         self.summary.update(
             trainer="gaudi" if hasattr(args, "use_habana") else "hf",
             steps=state.global_step,

@@ -1,0 +1,140 @@
+"""Every flag checked in one place, before data is read or a model is built; each refusal names the flag and a
+valid value, all refusals in one message.
+
+    check_flags           values out of range; flags the project sets itself, when the user set them otherwise;
+                          a --model_name_or_path that cannot load (offline: at once, not after the hub's retries)
+    static_shape_defaults on a graph-compiling device: image padding on unless turned off, the cost of what is off
+    check_batch_fits      the batch against the training set (once the data is read, still before the model)
+
+"Set by the user" means given on the command line (or in the JSON file), whatever its value: `user_set_flags`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+from detr_ft.model.presets import is_preset, preset_names
+from detr_ft.train.arguments import (
+    DataArguments,
+    DeviceArguments,
+    ModelArguments,
+    StaticShapeArguments,
+    steps_per_epoch,
+)
+
+logger = logging.getLogger(__name__)
+
+# The backbone's stride: a smaller image leaves no feature map.
+MIN_IMAGE_SIZE = 32
+
+# Flags `finalize_training_arguments` sets, the value it sets and why: a user value other than it is refused.
+PROJECT_SETS = {
+    "eval_strategy": ("steps", "mAP is evaluated at every checkpoint, into eval_history.json"),
+    "save_strategy": ("steps", "a checkpoint is saved every --ckpt_store_interval_epochs epochs"),
+    "dataloader_drop_last": (True, "the last partial batch is dropped to keep batch shapes constant"),
+    "batch_eval_metrics": (True, "mAP is computed batch by batch"),
+    "remove_unused_columns": (False, "the collator needs every column"),
+}
+# Flags derived from --ckpt_store_interval_epochs: any user value is refused.
+DERIVED_FROM_INTERVAL = ("save_steps", "eval_steps")
+
+
+class FlagError(ValueError):
+    """One or more flags refused; the message has one line per flag."""
+
+
+def check_flags(model: ModelArguments, data: DataArguments, shapes: StaticShapeArguments, device: DeviceArguments,
+                training: TrainingArguments, user_set: set[str]) -> None:
+    """Raise FlagError naming every flag that is out of range or that the project would silently replace."""
+    problems = []
+    if data.image_size is not None and data.image_size < MIN_IMAGE_SIZE:
+        problems.append(f"--image_size {data.image_size}: must be at least {MIN_IMAGE_SIZE} (e.g. 800, DETR's); "
+                        "leave it out for the model's default")
+    if shapes.num_buckets < 0:
+        problems.append(f"--num_buckets {shapes.num_buckets}: must be >= 1 with --pad_objects (e.g. 1), or 0 for no "
+                        "target padding")
+    if shapes.ckpt_store_interval_epochs < 1:
+        problems.append(f"--ckpt_store_interval_epochs {shapes.ckpt_store_interval_epochs}: must be >= 1 (e.g. 1: a "
+                        "checkpoint and mAP every epoch)")
+    if not 0 < data.train_val_split < 1:
+        problems.append(f"--train_val_split {data.train_val_split}: must be between 0 and 1, exclusive (e.g. 0.15); "
+                        "give an eval split with --eval_split to carve nothing")
+    if model.backbone_lr is not None and model.backbone_lr < 0:
+        problems.append(f"--backbone_lr {model.backbone_lr}: must be >= 0 (e.g. 1e-5; --freeze_backbone trains no "
+                        "backbone parameter)")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(training, name) < 1:
+            problems.append(f"--{name} {getattr(training, name)}: must be >= 1 (e.g. 8)")
+    for name, (value, why) in PROJECT_SETS.items():
+        given = getattr(training, name)
+        if name in user_set and given != value:
+            problems.append(f"--{name} {getattr(given, 'value', given)}: the project sets {value} ({why}): drop the "
+                            "flag")
+    for name in DERIVED_FROM_INTERVAL:
+        if name in user_set:
+            problems.append(f"--{name}: checkpoints and mAP evaluations go together, every "
+                            "--ckpt_store_interval_epochs epochs: drop the flag and set --ckpt_store_interval_epochs N")
+    if "use_cpu" in user_set and training.use_cpu and device.device != "cpu":
+        problems.append("--use_cpu: the device follows --device: use --device cpu instead")
+    problems += model_source_problems(model.model_name_or_path, model.model_revision)
+    if problems:
+        raise FlagError("refused flags:\n  " + "\n  ".join(problems))
+
+
+def model_source_problems(name_or_path: str, revision: str | None) -> list[str]:
+    """A preset, a local model folder, or a hub id: what is wrong with it that can be told without the network."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    ways = f"a local model folder (a run's --output_dir or checkpoint-N), a preset ({', '.join(preset_names())})"
+    path = Path(name_or_path).expanduser()
+    if is_preset(name_or_path):
+        return []
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return [f"--model_name_or_path {name_or_path}: the folder holds no config.json: give {ways}"]
+        return []
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        return [f"--model_name_or_path {name_or_path}: no such folder: give {ways}, or a hub id (org/name)"]
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name_or_path, "config.json",
+                                                                          revision=revision), str):
+        return [f"--model_name_or_path {name_or_path}: HF_HUB_OFFLINE is set and the hub cache has no copy: give "
+                f"{ways}, or download it once with the hub reachable"]
+    return []
+
+
+def graph_compiler(device: DeviceArguments, training: TrainingArguments) -> str | None:
+    """What compiles one graph per input shape on this run, if anything."""
+    if device.use_habana and device.use_lazy_mode:
+        return "HPU lazy mode"
+    if training.torch_compile:
+        return "--torch_compile"
+    return None
+
+
+def static_shape_defaults(shapes: StaticShapeArguments, device: DeviceArguments, training: TrainingArguments,
+                          user_set: set[str]) -> None:
+    """On a graph-compiling device image padding is on unless the user turned it off; every static-shape flag left
+    off is named in a warning with its cost."""
+    compiler = graph_compiler(device, training)
+    if compiler is None:
+        return
+    if "pad_images" not in user_set:
+        shapes.pad_images = True
+        logger.info("%s: --pad_images is on (one image shape, one graph); --pad_images false turns it off", compiler)
+    elif not shapes.pad_images:
+        logger.warning("%s with --pad_images false: every new batch image shape compiles a new graph (minutes each "
+                       "on HPU)", compiler)
+    if not shapes.buckets_on:
+        logger.warning("%s without --pad_objects --num_buckets N: every new per-image object count compiles a new "
+                       "graph, and transformers' matcher syncs with the host several times per step", compiler)
+
+
+def check_batch_fits(num_train: int, training: TrainingArguments) -> None:
+    """The training set holds at least one global batch (the last partial batch is dropped)."""
+    try:
+        steps_per_epoch(num_train, training)
+    except ValueError as error:
+        raise FlagError(str(error)) from error

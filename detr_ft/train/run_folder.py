@@ -1,0 +1,95 @@
+"""A run folder belongs to one run.
+
+- A lock: `lock_run_folder` takes an exclusive `flock` on `<output_dir>/.run.lock` for the whole run and refuses a
+  second process. The OS releases it when the process ends, however it ends (kill -9 included), so a lock file left
+  by a dead process is simply taken again: there is no stale-lock logic. Under DDP only rank 0 takes it; torchrun
+  stops the other ranks when rank 0 exits.
+- The same run: before anything is written, `check_same_run` compares the flags that define the run (data, classes,
+  image size, static shapes, model, optimizer settings a checkpoint's optimizer state would silently replace) with
+  the folder's run_args.json. The same: rerunning resumes. Different: refused, naming the flags, unless
+  --overwrite_output_dir, which removes the earlier run's checkpoints and starts over. Other flags (logging, eval
+  batch size, --num_train_epochs to extend a run, the device) may change on resume.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import IO
+
+from detr_ft.run_files import RUN_ARGUMENTS_FILE, read_run_arguments
+from detr_ft.train.checkpoints import all_checkpoints
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".run.lock"
+
+# What a checkpoint of the run holds or assumes: resuming with another value would mix two runs in one folder.
+RUN_DEFINING_FLAGS = (
+    "dataset_dir", "dataset_name", "train_split", "eval_split", "train_val_split", "train_val_seed",
+    "image_size", "pad_images", "pad_objects", "num_buckets",
+    "model_name_or_path", "model_revision", "freeze_backbone", "backbone_lr",
+    "learning_rate", "weight_decay", "per_device_train_batch_size", "gradient_accumulation_steps",
+)
+
+
+class RunFolderError(ValueError):
+    """The output dir is in use or holds another run."""
+
+
+def lock_run_folder(output_dir: str | Path) -> IO | None:
+    """Hold an exclusive lock on `output_dir` until the returned file is closed or the process ends."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    handle = open(Path(output_dir) / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderError(f"--output_dir {output_dir} is in use by another training run (process {holder}): "
+                             "wait for it to end, or choose another --output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def holds_a_run(output_dir: str | Path) -> bool:
+    """Whether the folder holds trained weights of a run (a checkpoint or a final model)."""
+    return bool(all_checkpoints(output_dir)) or (Path(output_dir) / "model.safetensors").exists()
+
+
+def differing_flags(saved: dict, current: dict) -> list[str]:
+    """Run-defining flags whose values differ; flags an older run_args.json lacks are not compared, and the hub
+    dataset's name only matters without a --dataset_dir."""
+    names = [n for n in RUN_DEFINING_FLAGS if n in saved and n in current and saved[n] != current[n]]
+    if saved.get("dataset_dir") or current.get("dataset_dir"):
+        names = [n for n in names if n != "dataset_name"]
+    return names
+
+
+def check_same_run(output_dir: str | Path, current: dict, overwrite: bool) -> None:
+    """Refuse to resume another run; with `overwrite`, remove the earlier run's checkpoints instead."""
+    output_dir = Path(output_dir)
+    if not holds_a_run(output_dir):
+        return
+    saved = read_run_arguments(output_dir) if (output_dir / RUN_ARGUMENTS_FILE).exists() else {}
+    if overwrite:
+        for checkpoint in all_checkpoints(output_dir):
+            shutil.rmtree(checkpoint)
+        logger.warning("--overwrite_output_dir: removed the checkpoints of the earlier run in %s; starting over",
+                       output_dir)
+        return
+    differing = differing_flags(saved, current)
+    if differing:
+        changes = ", ".join(f"--{n} {saved[n]} -> {current[n]}" for n in differing)
+        raise RunFolderError(f"--output_dir {output_dir} holds a run with other flags ({changes}); rerunning there "
+                             "resumes that run. Rerun with its flags to resume it, choose another --output_dir, or "
+                             "add --overwrite_output_dir to start over (its checkpoints are removed)")

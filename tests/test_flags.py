@@ -1,0 +1,179 @@
+"""Every flag is checked before data is read or a model is built: a refusal (exit 2) names the flag and a valid value;
+flags the project sets itself are refused when the user sets them otherwise; graph-compiling devices pad images by
+default; a model that cannot load fails fast, leaving no run_args.json; no package phones home at import."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+from entry_runs import REPO, entry_argv, run_in_process, tiny_coco
+
+from detr_ft.run_files import RUN_ARGUMENTS_FILE
+from detr_ft.train.arguments import parse_arguments, user_set_flags
+from detr_ft.train.flag_checks import static_shape_defaults
+
+
+class ModelBuilt(AssertionError):
+    """Raised by the stand-in for build_model: the entry got past its checks."""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    def build_model(*args, **kwargs):
+        raise ModelBuilt("a model was built")
+
+    monkeypatch.setattr("detr_ft.model.build.build_model", build_model)
+
+
+@pytest.fixture
+def data_dir(tmp_path_factory):
+    return tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco")
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--image_size", "-5"], "--image_size -5: must be at least 32"),
+    (["--image_size", "0"], "--image_size 0: must be at least 32"),
+    (["--num_buckets", "-1"], "--num_buckets -1: must be >= 1 with --pad_objects"),
+    (["--ckpt_store_interval_epochs", "0"], "--ckpt_store_interval_epochs 0: must be >= 1"),
+    (["--train_val_split", "0"], "--train_val_split 0.0: must be between 0 and 1"),
+    (["--train_val_split", "1.0"], "--train_val_split 1.0: must be between 0 and 1"),
+    (["--save_steps", "500", "--eval_strategy", "no"], "--save_steps: checkpoints and mAP evaluations go together"),
+    (["--eval_strategy", "no"], "--eval_strategy no: the project sets steps"),
+    (["--backbone_lr", "-0.001"], "--backbone_lr -0.001: must be >= 0"),
+])
+def test_bad_flags_are_refused_before_anything_is_read_or_written(data_dir, tmp_path, no_model, caplog, flags, named):
+    output_dir = tmp_path / "run"
+
+    assert run_in_process(entry_argv(data_dir, output_dir, *flags)) == 2
+
+    assert named in caplog.text
+    assert not output_dir.exists()
+
+
+def test_every_refused_flag_is_named_in_one_message(data_dir, tmp_path, no_model, caplog):
+    assert run_in_process(entry_argv(data_dir, tmp_path, "--image_size", "0", "--num_buckets", "-1",
+                                     "--save_steps", "10")) == 2
+    assert all(flag in caplog.text for flag in ("--image_size 0", "--num_buckets -1", "--save_steps"))
+
+
+def test_a_flag_is_user_set_even_at_its_default_value():
+    """--save_steps 500 is TrainingArguments' default, yet the user gave it: it must not be replaced silently."""
+    assert {"save_steps", "pad_images"} <= user_set_flags(["--save_steps", "500", "--pad_images", "false"])
+    assert "save_steps" not in user_set_flags(["--output_dir", "x"])
+
+
+def test_batch_larger_than_the_training_set_is_refused_before_the_model_is_built(data_dir, tmp_path, no_model,
+                                                                                  caplog):
+    argv = entry_argv(data_dir, tmp_path / "run", "--per_device_train_batch_size", "16")
+
+    assert run_in_process(argv) == 2
+
+    assert "fewer than one batch (16): lower --per_device_train_batch_size" in caplog.text
+    assert not (tmp_path / "run" / RUN_ARGUMENTS_FILE).exists()
+
+
+class StopBeforeTraining(Exception):
+    pass
+
+
+@pytest.fixture
+def stop_before_training(monkeypatch):
+    def build_trainer(*args, **kwargs):
+        raise StopBeforeTraining
+
+    monkeypatch.setattr("detr_ft.train.devices.build_trainer", build_trainer)
+
+
+def what_trains(caplog) -> dict[str, str]:
+    """Group name -> its line from the entry's "what trains" log."""
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("what trains")][0].splitlines()[1:]
+    return {line.split("trainable")[0].strip(): line for line in lines}
+
+
+def test_backbone_lr_zero_is_kept_and_what_trains_is_logged(data_dir, tmp_path, stop_before_training, caplog):
+    with caplog.at_level(logging.INFO), pytest.raises(StopBeforeTraining):
+        run_in_process(entry_argv(data_dir, tmp_path, "--backbone_lr", "0"))
+
+    groups = what_trains(caplog)
+    assert {"backbone stem", "backbone stage 0", "backbone BatchNorm", "transformer", "heads"} <= set(groups)
+    assert groups["backbone stage 0"].endswith("lr 0")  # not replaced by the learning rate or 1e-5
+    assert groups["heads"].endswith("lr 0.001")
+    assert "frozen           0" in groups["backbone BatchNorm"]  # a preset trains its BatchNorm
+
+
+@pytest.mark.parametrize(("flags", "compiler"), [
+    (["--use_habana", "--use_lazy_mode"], "HPU lazy mode"),
+    (["--torch_compile"], "--torch_compile"),
+])
+def test_graph_compiling_devices_pad_images_unless_turned_off(flags, compiler, caplog):
+    argv = ["--output_dir", "unused", "--pad_objects", "--num_buckets", "1", *flags]
+    _, _, shapes, device, training = parse_arguments(argv)
+    with caplog.at_level(logging.INFO):
+        static_shape_defaults(shapes, device, training, user_set_flags(argv))
+    assert shapes.pad_images
+    assert f"{compiler}: --pad_images is on" in caplog.text
+
+    argv = ["--output_dir", "unused", "--pad_images", "false", *flags]
+    _, _, shapes, device, training = parse_arguments(argv)
+    static_shape_defaults(shapes, device, training, user_set_flags(argv))
+    assert not shapes.pad_images
+    assert f"{compiler} with --pad_images false: every new batch image shape compiles a new graph" in caplog.text
+    assert f"{compiler} without --pad_objects --num_buckets N" in caplog.text
+
+
+def test_eager_cpu_keeps_image_padding_off():
+    argv = ["--output_dir", "unused", "--device", "cpu"]
+    _, _, shapes, device, training = parse_arguments(argv)
+    static_shape_defaults(shapes, device, training, user_set_flags(argv))
+    assert not shapes.pad_images
+
+
+def test_unknown_hub_model_offline_fails_at_once_with_what_to_do(data_dir, tmp_path, no_model, monkeypatch, caplog):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    argv = entry_argv(data_dir, tmp_path / "run", "--model_name_or_path", "nobody/no-such-detr")
+
+    assert run_in_process(argv) == 2
+
+    assert "nobody/no-such-detr: HF_HUB_OFFLINE is set and the hub cache has no copy" in caplog.text
+    assert "a local model folder" in caplog.text and "a preset (detr-tiny)" in caplog.text
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_local_model_folder_is_refused(data_dir, tmp_path, no_model, caplog):
+    argv = entry_argv(data_dir, tmp_path / "run", "--model_name_or_path", str(tmp_path / "outputs" / "no-run"))
+    assert run_in_process(argv) == 2
+    assert "no such folder" in caplog.text
+
+
+def test_a_model_that_fails_to_load_leaves_no_run_args(data_dir, tmp_path, monkeypatch, caplog):
+    def unreachable_hub(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr("detr_ft.model.build.build_model", unreachable_hub)
+
+    assert run_in_process(entry_argv(data_dir, tmp_path / "run")) == 2
+
+    assert "couldn't connect" in caplog.text
+    assert not (tmp_path / "run" / RUN_ARGUMENTS_FILE).exists()
+
+
+def test_importing_the_dataset_module_makes_no_network_attempt():
+    """albumentations asks PyPI for its latest version at import unless NO_ALBUMENTATIONS_UPDATE is set."""
+    probe = (
+        "import socket\n"
+        "attempts = []\n"
+        "def refuse(*args, **kwargs):\n"
+        "    attempts.append(args)\n"
+        "    raise OSError('network disabled by the test')\n"
+        "socket.getaddrinfo = socket.create_connection = socket.socket.connect = refuse\n"
+        "import detr_ft.data.dataset\n"
+        "print(len(attempts))\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=environment, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "0", result.stderr
