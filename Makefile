@@ -9,7 +9,7 @@ OUTDIR ?= outputs/cppe5
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv venv-gaudi data demo train eval-all-checkpoints infer test test-main test-gaudi bench lint clean
+.PHONY: venv venv-gaudi data cppe5 demo train eval-all-checkpoints infer test test-main test-gaudi bench lint clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ $(DATA)/annotations/train.json: | $(VENV)/.installed
 	$(PY) -m detr_ft.data.make_synthetic --output_dir $(DATA)
 
 data: $(DATA)/annotations/train.json
+
+# The original CPPE-5 release (COCO json + images, MD5-checked) in the --dataset_dir layout, for when the hub's
+# `cppe-5` loading script cannot run (datasets >= 4) or the hub is out of reach: train with --dataset_dir $(CPPE5_DIR).
+# ARGS="--url PATH_OR_URL --checksum ALGO:HEX": another copy of the archive (e.g. one fetched on another machine).
+CPPE5_DIR ?= data/cppe5
+$(CPPE5_DIR)/annotations/train.json: | $(VENV)/.installed
+	$(PY) -m detr_ft.data.cppe5_download --output_dir $(CPPE5_DIR) $(ARGS)
+
+cppe5: $(CPPE5_DIR)/annotations/train.json
 
 demo: $(VENV)/.installed
 	$(PY) -m detr_ft.demo

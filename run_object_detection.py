@@ -138,7 +138,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
         eval_dataset=PaddedToMultiple(data.eval, eval_multiple),
         data_collator=data.collator(preprocessing.canvas),
         processing_class=preprocessing.image_processor(),
-        compute_metrics=CocoMetrics(data.eval_split, data.classes),
+        compute_metrics=CocoMetrics(data.eval_split, data.eval_classes),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         optimizers=(optimizer, None),
         callbacks=[*callbacks,

@@ -97,3 +97,55 @@ def test_pipeline_loads_the_saved_model_offline_and_agrees_with_inference(
             # the pipeline truncates its box corners to int pixels
             corners = [theirs["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")]
             assert corners == pytest.approx([x, y, x + w, y + h], abs=1.0)
+
+
+@pytest.mark.slow
+def test_inference_names_skips_and_counts_undecodable_images_and_writes_the_rest(
+    trained_run: Path, image_folder: Path, tmp_path: Path, caplog
+):
+    (image_folder / "random.jpg").write_bytes(bytes(range(256)) * 8)
+    wide = (image_folder / "wide.jpg").read_bytes()
+    (image_folder / "truncated.jpg").write_bytes(wide[: len(wide) // 2])
+    out = infer(trained_run, tmp_path / "out", "--images_dir", str(image_folder))
+
+    assert "skipping 2 images that cannot be decoded: random.jpg (UnidentifiedImageError" in caplog.text
+    assert "truncated.jpg (OSError: Truncated File Read)" in caplog.text
+    images = {image["id"]: image["file_name"] for image in json.loads((out / "images.json").read_text())}
+    assert images == {1: "square.png", 2: "wide.jpg"}
+    assert {p["image_id"] for p in json.loads((out / "predictions.json").read_text())} == {1, 2}
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["square.png", "wide.jpg"]
+
+
+@pytest.mark.slow
+def test_inference_on_an_image_folder_writes_the_id_to_file_mapping(trained_run: Path, image_folder: Path,
+                                                                     tmp_path: Path):
+    out = infer(trained_run, tmp_path / "out", "--images_dir", str(image_folder))
+
+    images = json.loads((out / "images.json").read_text())
+    assert images == [{"id": 1, "file_name": "square.png", "width": 64, "height": 64},
+                      {"id": 2, "file_name": "wide.jpg", "width": 96, "height": 60}]
+    results = COCO()
+    results.dataset = {"images": images, "categories": json.loads((out / "categories.json").read_text())}
+    results.createIndex()
+    assert len(results.loadRes(str(out / "predictions.json")).getAnnIds()) > 0  # a COCO images list as loadRes needs
+
+
+@pytest.mark.slow
+def test_inference_keeps_each_images_sub_path_in_annotated(trained_run: Path, tmp_path: Path):
+    data_dir = Path(shutil.copytree(json.loads((trained_run / "run_args.json").read_text())["dataset_dir"],
+                                    tmp_path / "data"))
+    coco = json.loads((data_dir / "annotations" / "validation.json").read_text())
+    for folder, image in zip(("a", "b"), coco["images"][:2], strict=True):
+        (data_dir / "images" / folder).mkdir()
+        shutil.move(data_dir / "images" / image["file_name"], data_dir / "images" / folder / "img.png")
+        image["file_name"] = f"{folder}/img.png"
+    (data_dir / "annotations" / "validation.json").write_text(json.dumps(coco))
+    out = infer(trained_run, tmp_path / "out", "--dataset_dir", str(data_dir), "--split", "validation")
+
+    annotated = sorted(str(p.relative_to(out / "annotated")) for p in (out / "annotated").rglob("*.png"))
+    assert len(annotated) == len(coco["images"])
+    assert {"a/img.png", "b/img.png"} <= set(annotated)
+    for folder in ("a", "b"):
+        with Image.open(out / "annotated" / folder / "img.png") as picture, \
+                Image.open(data_dir / "images" / folder / "img.png") as original:
+            assert picture.size == original.size

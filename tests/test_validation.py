@@ -6,18 +6,26 @@ import io
 import json
 import logging
 import math
+import os
 import shutil
+import subprocess
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from entry_runs import entry_command
 from PIL import Image
 
+import run_object_detection
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.labels import ClassMapping
+from detr_ft.data.prepare import PreparedData, prepare_data, validated_splits
 from detr_ft.data.sources import CocoSplit, load_coco_folder
 from detr_ft.data.validation import DatasetError, validate_split
+from detr_ft.evaluation.coco_map import coco_map
+from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +275,218 @@ def test_thousands_of_images_validate_in_seconds(good_dir):
     start = time.perf_counter()
     validate_split(split)
     assert time.perf_counter() - start < 10.0
+
+
+# Issue 12: every data case refused with exit 2 naming file, entries and fix, or fixed and counted.
+
+
+def prepared(data_dir: Path, **flags) -> PreparedData:
+    return prepare_data(DataArguments(dataset_dir=str(data_dir), image_size=64, **flags), StaticShapeArguments())
+
+
+def split_refusal(data_dir: Path, **flags) -> str:
+    """The message of validated_splits' refusal (train, eval and how they relate)."""
+    with pytest.raises(DatasetError) as error:
+        validated_splits(DataArguments(dataset_dir=str(data_dir), **flags))
+    return str(error.value)
+
+
+def read_eval_json(data_dir: Path) -> dict:
+    return json.loads((data_dir / "annotations" / "validation.json").read_text())
+
+
+def write_eval_json(data_dir: Path, coco: dict) -> None:
+    (data_dir / "annotations" / "validation.json").write_text(json.dumps(coco))
+
+
+def test_two_categories_with_one_name_are_refused(data_dir):
+    coco = read_json(data_dir)
+    coco["categories"][2]["name"] = coco["categories"][0]["name"]
+    write_json(data_dir, coco)
+    assert "1 category names are used by more than one category: 'circle' (ids 1, 3)" in refusal(data_dir)
+
+
+def test_eval_names_differing_only_in_case_are_refused_naming_them(data_dir):
+    coco = read_eval_json(data_dir)
+    coco["categories"][0]["name"] = "Circle"
+    write_eval_json(data_dir, coco)
+    message = split_refusal(data_dir)
+    assert str(data_dir / "annotations" / "validation.json") in message
+    assert "train category 'circle' (differs only in case from 'Circle') is not among the eval split's" in message
+    assert "eval category 'Circle' (differs only in case from 'circle') is not among the train split's" in message
+    with pytest.raises(ValueError, match="'circle' \\(differs only in case from 'Circle'\\)"):
+        ClassMapping.for_model({0: "circle"}, coco["categories"])  # what eval_checkpoints and inference match by
+
+
+def test_eval_split_with_swapped_names_is_scored_by_name(data_dir):
+    coco = read_eval_json(data_dir)
+    first, second = coco["categories"][0], coco["categories"][1]
+    first["name"], second["name"] = second["name"], first["name"]
+    write_eval_json(data_dir, coco)
+    data = prepared(data_dir)
+    name_of = {category["id"]: category["name"] for category in coco["categories"]}
+    per_image = defaultdict(list)
+    for ann in coco["annotations"]:
+        per_image[ann["image_id"]].append(data.classes.label2id[name_of[ann["category_id"]]])
+    for i, image in enumerate(coco["images"]):
+        assert sorted(data.eval.objects[i][1].tolist()) == sorted(per_image[image["id"]])
+    assert data.eval_classes.category_names == name_of  # what CocoMetrics scores the eval split with
+
+
+def test_annotation_json_with_a_byte_order_mark_is_read(data_dir):
+    coco = read_json(data_dir)
+    path = data_dir / "annotations" / "train.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert validate(data_dir).coco == coco
+
+
+def test_annotation_json_with_trailing_garbage_is_refused_naming_file_and_position(data_dir):
+    path = data_dir / "annotations" / "train.json"
+    text = path.read_text()
+    path.write_text(text + "\n}garbage")
+    message = split_refusal(data_dir)
+    assert f"{path}: trailing data after the JSON object at line 2 column 1 (character {len(text) + 1})" in message
+
+
+def test_crowd_annotations_are_kept_for_map_left_out_of_training_and_counted(data_dir, caplog):
+    coco = read_json(data_dir)
+    crowd = coco["annotations"][0]
+    crowd["iscrowd"] = 1
+    write_json(data_dir, coco)
+    with caplog.at_level(logging.INFO):
+        split = validate(data_dir)
+    assert f"1 crowd annotations (iscrowd 1) left out of the training targets, kept as ignore regions for mAP " \
+           f"(annotation ids {crowd['id']})" in caplog.text
+    assert split.coco["annotations"] == coco["annotations"]
+    classes = ClassMapping.from_categories(coco["categories"])
+    dataset = DetectionDataset(split, classes.category_to_label, 64)
+    assert dataset.object_counts().sum() == len(coco["annotations"]) - 1
+    # every other box found exactly, the crowd region not at all: COCOeval ignores it, mAP stays 1
+    found = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+             for a in coco["annotations"] if a is not crowd]
+    assert coco_map(split.coco, found)["map"] == pytest.approx(1.0)
+
+
+def test_yolo_folder_is_named_with_the_expected_coco_layout(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    message = split_refusal(tmp_path)
+    assert f"{tmp_path} is a YOLO dataset (images/ + labels/*.txt)" in message
+    assert "images/ and annotations/<split>.json" in message
+
+
+def test_annotations_path_that_is_a_directory_is_refused(data_dir):
+    path = data_dir / "annotations" / "train.json"
+    path.unlink()
+    path.mkdir()
+    assert f"{path} is a directory, not a COCO json file" in split_refusal(data_dir)
+
+
+@pytest.mark.parametrize("name", ["val", "valid"])
+def test_validation_json_under_another_name_is_named_not_ignored(data_dir, name):
+    annotations = data_dir / "annotations"
+    (annotations / "validation.json").rename(annotations / f"{name}.json")
+    assert f"found {annotations / name}.json: pass --eval_split {name}" in split_refusal(data_dir)
+    assert len(validated_splits(DataArguments(dataset_dir=str(data_dir), eval_split=name))[1].coco["images"]) == 4
+
+
+def test_train_split_without_annotations_is_refused(data_dir):
+    write_json(data_dir, {**read_json(data_dir), "annotations": []})
+    message = split_refusal(data_dir)
+    assert f"{data_dir / 'annotations' / 'train.json'}: the train split has no annotations" in message
+    assert "nothing to learn" in message
+
+
+def test_eval_split_without_annotations_is_warned_about(data_dir, caplog):
+    write_eval_json(data_dir, {**read_eval_json(data_dir), "annotations": []})
+    validated_splits(DataArguments(dataset_dir=str(data_dir)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("THE EVAL SPLIT HAS NO ANNOTATIONS: every mAP will be -1" in warning for warning in warnings)
+
+
+def test_image_over_pillows_pixel_limit_is_reported_as_such_and_can_be_allowed(data_dir, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after the test
+    coco = read_json(data_dir)
+    big = coco["images"][0]
+    Image.new("1", (16000, 12000)).save(data_dir / "images" / big["file_name"])
+    big["width"], big["height"] = 16000, 12000
+    write_json(data_dir, coco)
+    message = split_refusal(data_dir)
+    assert "1 images have more pixels than Pillow's decompression-bomb limit (178956970 pixels" in message
+    assert f"{big['file_name']} (16000x12000)" in message and "pass --max_image_pixels 192000000" in message
+    assert "truncated" not in message
+    train, _ = validated_splits(DataArguments(dataset_dir=str(data_dir), max_image_pixels=192_000_000))
+    assert train.coco["images"][0]["width"] == 16000
+
+
+def test_file_names_leaving_the_images_folder_are_refused_unless_allowed(data_dir):
+    coco = read_json(data_dir)
+    outside, absolute = coco["images"][0], coco["images"][1]
+    shutil.move(data_dir / "images" / outside["file_name"], data_dir / outside["file_name"])
+    outside["file_name"] = f"../{outside['file_name']}"
+    absolute["file_name"] = str(data_dir / "images" / absolute["file_name"])
+    write_json(data_dir, coco)
+    message = split_refusal(data_dir)
+    assert f"2 images have a file_name outside the images folder (absolute or through ../): " \
+           f"{outside['file_name']}, {absolute['file_name']}" in message
+    assert "--allow_external_images" in message
+    train, _ = validated_splits(DataArguments(dataset_dir=str(data_dir), allow_external_images=True))
+    assert [image["file_name"] for image in train.coco["images"][:2]] == [outside["file_name"], absolute["file_name"]]
+
+
+def test_hub_dataset_offline_says_what_to_do_instead_at_once(tmp_path):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache
+    result = subprocess.run(entry_command(["--output_dir", str(tmp_path / "run"), "--model_name_or_path", "detr-tiny"]),
+                            env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "hub dataset 'cppe-5' cannot be loaded" in result.stderr
+    assert "--dataset_dir DIR" in result.stderr and "`make cppe5`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hub_loading_script_names_the_ways_out(tmp_path):
+    """datasets >= 4 refuses a loading script; the real refusal, of a local repo that holds one."""
+    repo = tmp_path / "cppe-5"
+    repo.mkdir()
+    (repo / "cppe-5.py").write_text("import datasets\n")
+    with pytest.raises(DatasetError) as error:
+        validated_splits(DataArguments(dataset_name=str(repo)))
+    message = str(error.value)
+    assert "Dataset scripts are no longer supported" in message
+    assert "`make cppe5` downloads the original CPPE-5 release" in message
+    assert "a parquet copy of CPPE-5 on the hub as --dataset_name" in message
+
+
+@pytest.mark.parametrize("damage", ["trailing garbage", "shared category name", "eval name case", "yolo folder",
+                                    "json directory", "val.json", "train without annotations", "external file"])
+def test_data_refusals_exit_2_through_the_entry(data_dir, tmp_path, caplog, damage):
+    coco, annotations = read_json(data_dir), data_dir / "annotations"
+    if damage == "trailing garbage":
+        (annotations / "train.json").write_text(json.dumps(coco) + "x")
+    elif damage == "shared category name":
+        write_json(data_dir, {**coco, "categories": [{**c, "name": "x"} for c in coco["categories"]]})
+    elif damage == "eval name case":
+        write_eval_json(data_dir, {**read_eval_json(data_dir), "categories": [
+            {**c, "name": c["name"].upper()} for c in coco["categories"]]})
+    elif damage == "yolo folder":
+        shutil.rmtree(annotations)
+        (data_dir / "labels").mkdir()
+        (data_dir / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    elif damage == "json directory":
+        (annotations / "train.json").unlink()
+        (annotations / "train.json").mkdir()
+    elif damage == "val.json":
+        (annotations / "validation.json").rename(annotations / "val.json")
+    elif damage == "train without annotations":
+        write_json(data_dir, {**coco, "annotations": []})
+    else:  # a real image, readable outside images/
+        outside = coco["images"][0]["file_name"]
+        shutil.move(data_dir / "images" / outside, data_dir / outside)
+        write_json(data_dir, {**coco, "images": [{**coco["images"][0], "file_name": f"../{outside}"},
+                                                 *coco["images"][1:]]})
+    argv = ["--dataset_dir", str(data_dir), "--model_name_or_path", "detr-tiny", "--output_dir", str(tmp_path / "run"),
+            "--image_size", "64", "--report_to", "none", "--max_steps", "1", "--per_device_train_batch_size", "2"]
+    assert run_object_detection.main(argv) == 2
+    assert str(data_dir) in caplog.text and "Traceback" not in caplog.text

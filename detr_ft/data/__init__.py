@@ -9,4 +9,5 @@
     padding.py     where padding happens: images to one canvas, targets to bucket sizes (the collator)
     prepare.py     all of the above for one training run
     synthetic.py   deterministic synthetic shapes (demo, tests)
+    cppe5_download.py  `make cppe5`: the original CPPE-5 release unpacked as a COCO folder
 """

@@ -34,8 +34,14 @@ def clip_to_image(bbox: list[float], width: int, height: int) -> list[float] | N
     return [x0, y0, x1 - x0, y1 - y0] if x1 - x0 >= 1.0 and y1 - y0 >= 1.0 else None
 
 
+def is_crowd(annotation: dict) -> bool:
+    """A COCO crowd region (iscrowd 1): no training target, as in DETR; COCOeval reads it as an ignore region."""
+    return bool(annotation.get("iscrowd"))  # COCOeval's own test
+
+
 def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per image: boxes (n, 4) COCO xywh clipped to the image, labels (n,); degenerate boxes dropped, counted.
+    """Per image: boxes (n, 4) COCO xywh clipped to the image, labels (n,); degenerate boxes dropped, counted;
+    crowd regions left out (`is_crowd`).
 
     After `validation.validate_split` nothing is left to clip or drop; this guards splits used without it."""
     index_of = {image["id"]: i for i, image in enumerate(split.coco["images"])}
@@ -43,6 +49,8 @@ def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[t
     labels: list[list] = [[] for _ in index_of]
     dropped = 0
     for ann in split.coco["annotations"]:
+        if is_crowd(ann):
+            continue
         image = split.coco["images"][index_of[ann["image_id"]]]
         box = clip_to_image(ann["bbox"], image["width"], image["height"])
         if box is None:

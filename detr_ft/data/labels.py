@@ -1,15 +1,24 @@
 """The one mapping between a dataset's COCO category ids, the model's contiguous labels and the class names.
 
 Training numbers the train split's categories 0..C-1 in category-id order (`from_categories`); the trained model
-keeps the names in its config's id2label. Whatever is scored later (eval_checkpoints, inference on a split) is
-matched to the model's classes by name (`for_model`), so a split that numbers its categories differently is still
-scored right.
+keeps the names in its config's id2label. Whatever is scored (training's eval split, eval_checkpoints, inference
+on a split) is matched to the model's classes by name (`for_model`), so a split that numbers its categories
+differently is still scored right.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+
+def missing_names(wanted: Iterable[str], available: Iterable[str]) -> list[str]:
+    """The names of `wanted` not in `available`, each in words; one differing only in case is named as such
+    (`Mask` and `mask` are two classes to the model)."""
+    available = set(available)
+    by_case = {name.casefold(): name for name in available}
+    return [f"{name!r} (differs only in case from {by_case[name.casefold()]!r})" if name.casefold() in by_case
+            else repr(name) for name in sorted(set(wanted) - available)]
 
 
 @dataclass(frozen=True)
@@ -30,9 +39,10 @@ class ClassMapping:
         """A trained model's labels matched by name to a split's `categories` (which may number them otherwise)."""
         category_of = {category["name"]: category["id"] for category in categories}
         names = tuple(id2label[label] for label in range(len(id2label)))
-        missing = sorted(set(names) - set(category_of))
+        missing = missing_names(names, category_of)
         if missing:
-            raise ValueError(f"model classes {missing} are not among the dataset's categories {sorted(category_of)}")
+            raise ValueError(f"model classes {', '.join(missing)} are not among the dataset's categories "
+                             f"{sorted(category_of)}")
         return cls(tuple(category_of[name] for name in names), names)
 
     @classmethod

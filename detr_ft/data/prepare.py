@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from PIL import Image
+
 from detr_ft.data.augmentation import train_augmentation
-from detr_ft.data.dataset import DetectionDataset
-from detr_ft.data.labels import ClassMapping
+from detr_ft.data.dataset import DetectionDataset, is_crowd
+from detr_ft.data.labels import ClassMapping, missing_names
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.data.sources import CocoSplit, carve_validation, load_splits
-from detr_ft.data.validation import DatasetError, validate_split
+from detr_ft.data.validation import DatasetError, refuse_if, validate_split
 from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
 logger = logging.getLogger(__name__)
@@ -22,6 +24,7 @@ class PreparedData:
     eval: DetectionDataset
     classes: ClassMapping
     bucket_sizes: list[int] | None
+    eval_classes: ClassMapping  # `classes` matched by name to the eval split's own category ids
 
     @property
     def eval_split(self) -> CocoSplit:
@@ -41,18 +44,45 @@ class PreparedData:
         return DetectionCollator(image_size, buckets)
 
 
+def class_name_problems(train: CocoSplit, evaluation: CocoSplit) -> list[str]:
+    """The eval split must name the train split's classes, no more, no fewer (ids may differ: matched by name)."""
+    train_names = [category["name"] for category in train.coco["categories"]]
+    eval_names = [category["name"] for category in evaluation.coco["categories"]]
+    problems = [f"train category {name} is not among the eval split's categories"
+                for name in missing_names(train_names, eval_names)]
+    problems += [f"eval category {name} is not among the train split's categories"
+                 for name in missing_names(eval_names, train_names)]
+    return [f"{problem} (give both splits the same category names)" for problem in problems]
+
+
+def check_annotated(train: CocoSplit, evaluation: CocoSplit) -> None:
+    """A train split without a box to learn from is refused; an eval split without one scores -1: a warning."""
+    if not any(not is_crowd(ann) for ann in train.coco["annotations"]):
+        raise DatasetError(f"{train.source or train.name}: the train split has no annotations (or only crowd "
+                           "regions): nothing to learn; annotate it or point --train_split at an annotated split")
+    if not evaluation.coco["annotations"]:
+        logger.warning("%s: THE EVAL SPLIT HAS NO ANNOTATIONS: every mAP will be -1 (annotate it, pass another "
+                       "--eval_split, or remove it to carve one from train)", evaluation.source or evaluation.name)
+
+
 def validated_splits(data: DataArguments, carve_missing_eval: bool = True) -> tuple[CocoSplit, CocoSplit]:
-    """Train and eval splits as training sees them: validated (eval against train's categories), the eval split
+    """Train and eval splits as training sees them: validated (eval against train's category names), the eval split
     carved from train (before validation would let a duplicate id straddle the carve) when it does not exist."""
+    if data.max_image_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = data.max_image_pixels  # Pillow's process-wide decompression-bomb limit
     train_split, eval_split = load_splits(data.dataset_name, data.dataset_dir, data.train_split, data.eval_split)
-    train_split = validate_split(train_split)
+    train_split = validate_split(train_split, allow_external_images=data.allow_external_images)
     if eval_split is not None:
-        return train_split, validate_split(eval_split, {c["id"] for c in train_split.coco["categories"]})
-    if not carve_missing_eval:
+        eval_split = validate_split(eval_split, allow_external_images=data.allow_external_images)
+        refuse_if(class_name_problems(train_split, eval_split), eval_split.source or eval_split.name)
+    elif not carve_missing_eval:
         raise DatasetError(f"{data.dataset_dir or data.dataset_name}: no split {data.eval_split!r}")
-    logger.info("no %s split: carving %.0f%% of %s (seed %d)", data.eval_split, 100 * data.train_val_split,
-                data.train_split, data.train_val_seed)
-    return carve_validation(train_split, data.train_val_split, data.train_val_seed)
+    else:
+        logger.info("no %s split: carving %.0f%% of %s (seed %d)", data.eval_split, 100 * data.train_val_split,
+                    data.train_split, data.train_val_seed)
+        train_split, eval_split = carve_validation(train_split, data.train_val_split, data.train_val_seed)
+    check_annotated(train_split, eval_split)
+    return train_split, eval_split
 
 
 def prepare_data(data: DataArguments, shapes: StaticShapeArguments) -> PreparedData:
@@ -60,11 +90,17 @@ def prepare_data(data: DataArguments, shapes: StaticShapeArguments) -> PreparedD
     classes = ClassMapping.from_categories(train_split.coco["categories"])
     augmentation = train_augmentation() if data.augment else None
     train = DetectionDataset(train_split, classes.category_to_label, data.image_size, augmentation)
-    evaluation = DetectionDataset(eval_split, classes.category_to_label, data.image_size)
+    eval_classes = ClassMapping.for_model(classes.id2label, eval_split.coco["categories"])
+    if eval_classes != classes:
+        logger.info("the eval split numbers the classes otherwise than train: matched by name (%s)",
+                    ", ".join(f"{name} {ours}->{theirs}" for name, ours, theirs in
+                              zip(classes.names, classes.category_ids, eval_classes.category_ids, strict=True)
+                              if ours != theirs))
+    evaluation = DetectionDataset(eval_split, eval_classes.category_to_label, data.image_size)
     buckets = compute_bucket_sizes(train.object_counts(), shapes.num_buckets) if shapes.buckets_on else None
     logger.info("train: %d images, eval: %d images, classes: %s, target buckets: %s",
                 len(train), len(evaluation), list(classes.names), buckets or "none (stock variable targets)")
-    return PreparedData(train, evaluation, classes, buckets)
+    return PreparedData(train, evaluation, classes, buckets, eval_classes)
 
 
 def warn_queries_overflow(data: PreparedData, num_queries: int) -> None:

@@ -1,7 +1,9 @@
 """Where the data comes from: a COCO-format folder or a Hugging Face hub dataset, read into one in-memory form.
 
 Every split becomes a `CocoSplit`: the COCO json dict (images, annotations, categories) plus a function that
-reads image i as stored. When a run has no evaluation split, `carve_validation` splits one off train.
+reads image i as stored. When a run has no evaluation split, `carve_validation` splits one off train. A folder
+or hub dataset that cannot be read (no json where the layout puts it, a YOLO folder, a json that does not parse,
+the hub out of reach) raises `DatasetError` naming the file and the way out.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ import numpy as np
 from PIL import Image
 
 from detr_ft.data.images import to_rgb
+
+COCO_LAYOUT = "images/ and annotations/<split>.json (COCO: images, annotations, categories)"
+VALIDATION_NAMES = ("validation", "val", "valid")  # what exporters call the evaluation split's json
+MAKE_CPPE5 = ("`make cppe5` downloads the original CPPE-5 release into that layout in data/cppe5 (then "
+              "--dataset_dir data/cppe5)")
+
+
+class DatasetError(ValueError):
+    """The data breaks a rule that has no safe fix; the message names the file, the entries and the fix."""
 
 
 @dataclass
@@ -44,11 +55,42 @@ class CocoSplit:
         return CocoSplit(name, coco, lambda i: self.read_image(indices[i]), self.source)
 
 
+def missing_layout_error(dataset_dir: Path, annotation_file: Path) -> DatasetError:
+    """Why `annotation_file` is not there, in the user's terms: no folder, a YOLO folder, or which jsons there are."""
+    if not dataset_dir.is_dir():
+        return DatasetError(f"--dataset_dir {dataset_dir} is not a folder: it must hold {COCO_LAYOUT}")
+    if (dataset_dir / "labels").is_dir() and next((dataset_dir / "labels").rglob("*.txt"), None):
+        return DatasetError(f"{dataset_dir} is a YOLO dataset (images/ + labels/*.txt), which detr-ft does not read: "
+                            f"it needs {COCO_LAYOUT}; convert the YOLO labels to a COCO json per split first")
+    present = sorted(p.name for p in (dataset_dir / "annotations").glob("*.json"))
+    return DatasetError(f"no {annotation_file}: --dataset_dir must hold {COCO_LAYOUT}; annotations/ holds "
+                        f"{present or 'no json'}")
+
+
+def read_annotations(annotation_file: Path) -> dict:
+    """The parsed COCO json; a UTF-8 byte-order mark (Windows tools write one) is accepted."""
+    if annotation_file.is_dir():
+        raise DatasetError(f"{annotation_file} is a directory, not a COCO json file: put the split's json there")
+    try:
+        return json.loads(annotation_file.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{annotation_file}: not UTF-8 text (byte {error.start}): save it as UTF-8 JSON") from error
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno} (character {error.pos})"
+        if error.msg == "Extra data":
+            raise DatasetError(f"{annotation_file}: trailing data after the JSON object at {where}: remove "
+                               "everything after the object's closing brace") from error
+        raise DatasetError(f"{annotation_file}: not valid JSON: {error.msg} at {where}: repair or export it "
+                           "again") from error
+
+
 def load_coco_folder(dataset_dir: str | Path, split: str) -> CocoSplit:
     """`dataset_dir/annotations/<split>.json` with images under `dataset_dir/images/`."""
     dataset_dir = Path(dataset_dir)
     annotation_file = dataset_dir / "annotations" / f"{split}.json"
-    coco = json.loads(annotation_file.read_text())
+    if not annotation_file.exists():
+        raise missing_layout_error(dataset_dir, annotation_file)
+    coco = read_annotations(annotation_file)
     image_dir = dataset_dir / "images"
 
     return CocoSplit(split, coco, lambda i: Image.open(image_dir / coco["images"][i]["file_name"]),
@@ -77,6 +119,25 @@ def carve_validation(train: CocoSplit, fraction: float, seed: int) -> tuple[Coco
     return train.subset(sorted(order[num_eval:]), train.name), train.subset(sorted(order[:num_eval]), "validation")
 
 
+def load_hub_dataset(name: str):
+    """`datasets.load_dataset(name)`; its failures raised as DatasetError saying what to do instead."""
+    from datasets import load_dataset
+    from huggingface_hub import constants
+
+    try:
+        return load_dataset(name)
+    except Exception as error:  # noqa: BLE001 - datasets and huggingface_hub raise many types (network, hub, scripts)
+        if "Dataset scripts are no longer supported" in str(error):
+            raise DatasetError(f"hub dataset {name!r} is a loading script, which datasets >= 4 no longer runs "
+                               f"({error}). Ways out: {MAKE_CPPE5}, or pass a parquet copy of CPPE-5 on the hub as "
+                               "--dataset_name") from error
+        offline = "" if constants.HF_HUB_OFFLINE else (
+            "; set HF_HUB_OFFLINE=1 to fail at once instead of retrying the hub (a dataset in the cache still loads)")
+        raise DatasetError(f"hub dataset {name!r} cannot be loaded ({type(error).__name__}: {error}). Offline? Train "
+                           f"on a local COCO folder: --dataset_dir DIR holding {COCO_LAYOUT}; {MAKE_CPPE5}"
+                           f"{offline}") from error
+
+
 def load_splits(
     dataset_name: str | None,
     dataset_dir: str | None,
@@ -87,12 +148,15 @@ def load_splits(
     split does not exist (then it is carved from train with `carve_validation`)."""
     if dataset_dir:
         train = load_coco_folder(dataset_dir, train_split)
-        if (Path(dataset_dir) / "annotations" / f"{eval_split}.json").exists():
+        annotations = Path(dataset_dir) / "annotations"
+        if (annotations / f"{eval_split}.json").exists():
             return train, load_coco_folder(dataset_dir, eval_split)
+        for name in VALIDATION_NAMES if eval_split in VALIDATION_NAMES else ():  # another spelling of the same split
+            if name != eval_split and (annotations / f"{name}.json").exists():
+                raise DatasetError(f"no {annotations / eval_split}.json, but found {annotations / name}.json: pass "
+                                   f"--eval_split {name} to evaluate on it (or remove it to carve train)")
         return train, None
-    from datasets import load_dataset
-
-    hub = load_dataset(dataset_name)
+    hub = load_hub_dataset(dataset_name)
     train = coco_from_hub_split(hub[train_split], train_split)
     return train, coco_from_hub_split(hub[eval_split], eval_split) if eval_split in hub else None
 

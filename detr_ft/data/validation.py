@@ -1,12 +1,15 @@
 """Check every split before any training: refuse what has no safe fix, fix the rest and say how much was fixed.
 
     refused (DatasetError)  malformed json (missing key, wrong type), empty split, duplicate image / annotation /
-                            category ids, an annotation whose image or category is unknown, a missing or
-                            undecodable image, json width x height matching neither the stored nor the
-                            EXIF-rotated image
+                            category ids or category names, an annotation whose image or category is unknown, a
+                            file_name outside the images folder (absolute or through ../) unless allowed, a missing
+                            or undecodable image, an image over Pillow's decompression-bomb limit, json width x
+                            height matching neither the stored nor the EXIF-rotated image
     fixed (logged, counted) box partly outside its image -> clipped; box with NaN / inf, w or h <= 0, or less than
                             1 px inside its image -> dropped; grayscale, RGBA, palette, CMYK, 16-bit -> RGB; EXIF
-                            orientation -> applied (rule in `data.to_rgb`); image without boxes -> kept as a negative
+                            orientation -> applied (rule in `data.to_rgb`); image without boxes -> kept as a negative;
+                            crowd annotation (iscrowd 1) -> kept for mAP (an ignore region), left out of training
+                            targets (`dataset.is_crowd`)
 
 Every image is fully decoded once (threads; Pillow decodes without the GIL), because only a decode finds a
 truncated file: about 1 s per 4096 images of 64 px, under one epoch of data loading at any size. More objects
@@ -20,12 +23,15 @@ import logging
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
-from detr_ft.data.dataset import clip_to_image
+from PIL import Image
+
+from detr_ft.data.dataset import clip_to_image, is_crowd
 from detr_ft.data.images import displayed_size, exif_orientation
-from detr_ft.data.sources import CocoSplit
+from detr_ft.data.sources import CocoSplit, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +42,6 @@ SCHEMA = {  # COCO key -> type, for every entry of each list; a bool is not acce
     "annotations": {"id": int, "image_id": int, "category_id": int, "bbox": list},
     "categories": {"id": int, "name": str},
 }
-
-
-class DatasetError(ValueError):
-    """The data breaks a rule that has no safe fix; the message names the file, the entries and the fix."""
 
 
 def listing(items: Iterable) -> str:
@@ -96,6 +98,13 @@ def reference_problems(coco: dict, category_ids: Collection[int]) -> list[str]:
         if repeated:
             problems.append(f"{len(repeated)} {key} ids are used more than once: {listing(repeated)} (give each "
                             "entry its own id)")
+    ids_of = defaultdict(list)
+    for category in coco["categories"]:
+        ids_of[category["name"]].append(category["id"])
+    shared = [f"{name!r} (ids {listing(ids)})" for name, ids in ids_of.items() if len(ids) > 1]
+    if shared:
+        problems.append(f"{len(shared)} category names are used by more than one category: {listing(shared)} "
+                        "(merge them into one category or give each its own name)")
     image_ids = {image["id"] for image in coco["images"]}
     orphans = [a["id"] for a in coco["annotations"] if a["image_id"] not in image_ids]
     if orphans:
@@ -110,10 +119,27 @@ def reference_problems(coco: dict, category_ids: Collection[int]) -> list[str]:
     return problems
 
 
-def inspect_image(split: CocoSplit, i: int) -> tuple[str, tuple[int, int], tuple[int, int], int] | Exception:
-    """(mode, stored size, displayed size, EXIF orientation) of image i, fully decoded; the error if unreadable."""
+ImageReport = tuple[str, tuple[int, int], tuple[int, int], int]
+
+
+def leaves_image_folder(file_name: str) -> bool:
+    """An absolute file_name, or one whose ../ climbs out of the images folder."""
+    return os.path.isabs(file_name) or os.path.normpath(file_name).split(os.sep)[0] == os.pardir
+
+
+def external_image_problems(coco: dict) -> list[str]:
+    outside = [image["file_name"] for image in coco["images"] if leaves_image_folder(image["file_name"])]
+    if not outside:
+        return []
+    return [f"{len(outside)} images have a file_name outside the images folder (absolute or through ../): "
+            f"{listing(outside)} (move them under images/ with a relative file_name, or pass "
+            "--allow_external_images to read them where they are)"]
+
+
+def inspect_image(read_image: Callable[[], Image.Image]) -> ImageReport | Exception:
+    """(mode, stored size, displayed size, EXIF orientation) of an image, fully decoded; the error if unreadable."""
     try:
-        with split.read_image(i) as image:
+        with read_image() as image:
             image.load()
             return image.mode, image.size, displayed_size(image), exif_orientation(image)
     except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... on broken files
@@ -123,12 +149,17 @@ def inspect_image(split: CocoSplit, i: int) -> tuple[str, tuple[int, int], tuple
 def image_problems(split: CocoSplit, where: str) -> list[str]:
     """Missing, unreadable or wrongly sized images; the mode conversions and EXIF rotations are logged."""
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        reports = list(pool.map(lambda i: inspect_image(split, i), range(len(split.coco["images"]))))
-    missing, unreadable, wrong_size, rotated, kept_stored, modes = [], [], [], [], [], Counter()
+        reports = list(pool.map(lambda i: inspect_image(partial(split.read_image, i)),
+                                range(len(split.coco["images"]))))
+    missing, unreadable, too_large, wrong_size, rotated, kept_stored, modes = [], [], [], [], [], [], Counter()
+    largest = 0  # pixels of the largest image over Pillow's limit
     for entry, report in zip(split.coco["images"], reports, strict=True):
         name = entry["file_name"] or f"image id {entry['id']}"
         if isinstance(report, FileNotFoundError):
             missing.append(report.filename or name)
+        elif isinstance(report, Image.DecompressionBombError):
+            too_large.append(f"{name} ({entry['width']}x{entry['height']})")
+            largest = max(largest, entry["width"] * entry["height"])
         elif isinstance(report, Exception):
             unreadable.append(f"{name} ({type(report).__name__}: {report})")
         else:
@@ -149,6 +180,11 @@ def image_problems(split: CocoSplit, where: str) -> list[str]:
     if unreadable:
         problems.append(f"{len(unreadable)} images cannot be decoded (truncated or not an image): "
                         f"{listing(unreadable)} (re-export them or remove their entries)")
+    if too_large:
+        problems.append(f"{len(too_large)} images have more pixels than Pillow's decompression-bomb limit "
+                        f"({2 * Image.MAX_IMAGE_PIXELS} pixels, twice Image.MAX_IMAGE_PIXELS): "
+                        f"{listing(too_large)} (if you trust these files, pass --max_image_pixels {largest}; or "
+                        "downscale them)")
     if wrong_size:
         problems.append(f"{len(wrong_size)} images have a json width x height unlike the image's, so their boxes "
                         f"cannot be trusted: {listing(wrong_size)} (set width and height to the size of the "
@@ -189,16 +225,23 @@ def fix_boxes(coco: dict, where: str) -> list[dict]:
     return kept
 
 
-def validate_split(split: CocoSplit, category_ids: Collection[int] | None = None) -> CocoSplit:
+def validate_split(split: CocoSplit, category_ids: Collection[int] | None = None,
+                   allow_external_images: bool = False) -> CocoSplit:
     """`split` checked (DatasetError on what has no safe fix) and returned with its boxes fixed.
 
-    category_ids: the categories the model predicts (the train split's); default: the split's own."""
+    category_ids: the categories the model predicts (the train split's); default: the split's own.
+    allow_external_images: read file_names that leave the images folder; refused before any is opened otherwise."""
     where = split.source or split.name
     check_schema(split.coco, where)
     if category_ids is None:
         category_ids = {category["id"] for category in split.coco["categories"]}
+    refuse_if([] if allow_external_images else external_image_problems(split.coco), where)
     refuse_if(reference_problems(split.coco, category_ids) + image_problems(split, where), where)
     annotations = fix_boxes(split.coco, where)
+    crowd = [ann["id"] for ann in annotations if is_crowd(ann)]
+    if crowd:
+        logger.info("%s: %d crowd annotations (iscrowd 1) left out of the training targets, kept as ignore regions "
+                    "for mAP (annotation ids %s)", where, len(crowd), listing(crowd))
     with_boxes = {ann["image_id"] for ann in annotations}
     negatives = [image["id"] for image in split.coco["images"] if image["id"] not in with_boxes]
     if negatives:

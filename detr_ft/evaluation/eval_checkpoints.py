@@ -109,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoints:
         logger.error("%s: no complete checkpoint (checkpoint-N/ with its completion marker)", run_dir)
         return 1
-    split = load_split(settings, split_name)
+    try:
+        split = load_split(settings, split_name)
+    except ValueError as error:  # DatasetError included: the data or the flags, named in the message
+        logger.error("%s", error)
+        return 2
     evaluated_on = {"split": split_name, "dataset": settings.get("dataset_dir") or settings.get("dataset_name"),
                     "per_device_eval_batch_size": batch_size}
 

@@ -11,29 +11,33 @@ batches through `Trainer.evaluate`); image size and padding default to the model
 Writes into --output_dir:
 
     predictions.json  COCO results: every query of every image, [x, y, w, h] in original pixels, with score
+    images.json       the image ids of predictions.json and their files (a COCO `images` list)
     categories.json   the category ids of predictions.json and their names
-    annotated/        each image with its detections scoring >= --threshold drawn (class name and score)
+    annotated/        each image with its detections scoring >= --threshold drawn (class name and score), at its
+                      path relative to the images folder
     metrics.json      COCO mAP when the split has annotations (the same `CocoMetrics.score` as training)
 
 Category ids: a dataset split's own, matched to the model's classes by name; for an image folder the model's
-label ids.
+label ids. An image of a folder that cannot be decoded is named, skipped and counted; the rest are written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 from transformers import HfArgumentParser
 
 from detr_ft.console import on_terminal, setup_logging
-from detr_ft.data.images import displayed_size
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.sources import CocoSplit
+from detr_ft.data.validation import inspect_image, leaves_image_folder, listing
 from detr_ft.evaluation.coco_map import detections_from_predictions
 from detr_ft.evaluation.loop import CocoMetrics
 from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, several_processes_error, split_rows
@@ -62,19 +66,37 @@ class InferenceArguments:
     batch_size: int | None = field(default=None, metadata={"help": "Default: the run's eval batch size, else 8."})
 
 
-def image_folder_split(images_dir: str | Path, id2label: dict[int, str]) -> CocoSplit:
-    """The images of a folder as a split without annotations; its categories are the model's labels."""
+def image_folder_split(images_dir: str | Path, id2label: dict[int, str]) -> tuple[CocoSplit, list[str]]:
+    """The decodable images of a folder as a split without annotations (its categories are the model's labels),
+    and the files skipped because they cannot be decoded, each with the decoder's error."""
     paths = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images_dir}")
-    images = []
-    for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            width, height = displayed_size(image)  # EXIF orientation applied, as `CocoSplit.open_image` does
-        images.append({"id": i + 1, "file_name": path.name, "width": width, "height": height})
+    images, readable, skipped = [], [], []
+    for path in paths:
+        report = inspect_image(partial(Image.open, path))  # a full decode: only that finds a truncated file
+        if isinstance(report, Exception):
+            skipped.append(f"{path.name} ({type(report).__name__}: {report})")
+            continue
+        width, height = report[2]  # displayed size: EXIF orientation applied, as `CocoSplit.open_image` does
+        readable.append(path)
+        images.append({"id": len(images) + 1, "file_name": path.name, "width": width, "height": height})
+    if skipped:
+        logger.warning("%s: skipping %d images that cannot be decoded: %s", images_dir, len(skipped), listing(skipped))
+    if not images:
+        raise ValueError(f"no image in {images_dir} can be decoded")
     categories = [{"id": label, "name": name} for label, name in sorted(id2label.items())]
     return CocoSplit(Path(images_dir).name, {"images": images, "annotations": [], "categories": categories},
-                     lambda i: Image.open(paths[i]), str(images_dir))
+                     lambda i: Image.open(readable[i]), str(images_dir)), skipped
+
+
+def annotated_path(image: dict) -> str:
+    """Where an image's drawing goes under annotated/: its path relative to the images folder (so a/img.jpg and
+    b/img.jpg are both kept); its id for a file outside that folder or an image without a file (hub)."""
+    name = image["file_name"]
+    if name and not leaves_image_folder(name):
+        return os.path.normpath(name)
+    return f"{image['id']}_{Path(name).name}" if name else f"{image['id']}.png"
 
 
 def draw_detections(image: Image.Image, detections: list[dict], names: dict[int, str],
@@ -108,13 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model_path)
     id2label = model.config.id2label
     settings = read_run_arguments(args.model_path)
-    if args.images_dir:
-        split = image_folder_split(args.images_dir, id2label)
-        classes = ClassMapping.identity(id2label)
-    else:
-        settings = {**settings, **({"dataset_dir": args.dataset_dir} if args.dataset_dir else {})}
-        split = load_split(settings, args.split or settings.get("eval_split", DataArguments.eval_split))
-        classes = ClassMapping.for_model(id2label, split.coco["categories"])
+    skipped = []
+    try:
+        if args.images_dir:
+            split, skipped = image_folder_split(args.images_dir, id2label)
+            classes = ClassMapping.identity(id2label)
+        else:
+            settings = {**settings, **({"dataset_dir": args.dataset_dir} if args.dataset_dir else {})}
+            split = load_split(settings, args.split or settings.get("eval_split", DataArguments.eval_split))
+            classes = ClassMapping.for_model(id2label, split.coco["categories"])
+    except ValueError as error:  # DatasetError included: the data or the flags, named in the message
+        logger.error("%s", error)
+        return 2
     rows = split_rows(model, args.model_path, split, classes, eval_batch_size(settings, args.batch_size),
                       args.image_size, args.pad_images, show_progress=on_terminal())
 
@@ -125,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                              [(image["height"], image["width"]) for image in images],
                                              classes.category_ids)
     (output_dir / "predictions.json").write_text(json.dumps(detections))
+    (output_dir / "images.json").write_text(json.dumps(images, indent=2))
     names = classes.category_names
     categories = [{"id": category_id, "name": name} for category_id, name in sorted(names.items())]
     (output_dir / "categories.json").write_text(json.dumps(categories, indent=2))
@@ -132,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     for i, image in enumerate(images):
         picture = draw_detections(split.open_image(i), detections[i * per_image:(i + 1) * per_image], names,
                                   args.threshold)
-        picture.save(output_dir / "annotated" / (Path(image["file_name"]).name or f"{image['id']}.png"))
+        target = output_dir / "annotated" / annotated_path(image)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(target)
     shown = int((rows[..., 0] >= args.threshold).sum())
-    print(f"{len(images)} images, {shown} detections scoring >= {args.threshold} drawn in {output_dir / 'annotated'}")
+    unreadable = f" ({len(skipped)} more skipped: cannot be decoded)" if skipped else ""
+    print(f"{len(images)} images{unreadable}, {shown} detections scoring >= {args.threshold} drawn in "
+          f"{output_dir / 'annotated'}")
     if split.coco["annotations"]:
         metrics = CocoMetrics(split, classes).score(rows)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

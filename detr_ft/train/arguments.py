@@ -34,6 +34,14 @@ class DataArguments:
         metadata={"help": "Images are resized to fit image_size x image_size; default: 800, or the preset's."},
     )
     augment: bool = field(default=True, metadata={"help": "Flip, colour jitter and bbox-safe crop on train."})
+    max_image_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, default 89478485): raise it "
+                          "for trusted images larger than twice that."},
+    )
+    allow_external_images: bool = field(
+        default=False, metadata={"help": "Read json file_names that are absolute or leave images/ through ../."}
+    )
 
 
 @dataclass

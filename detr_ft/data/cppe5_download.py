@@ -1,0 +1,105 @@
+"""`make cppe5`: the original CPPE-5 release (COCO json + images) unpacked into the --dataset_dir layout.
+
+    python -m detr_ft.data.cppe5_download --output_dir data/cppe5 [--url URL_OR_PATH] [--checksum md5:HEX]
+
+The hub's `cppe-5` was a loading script, which datasets >= 4 no longer runs; that script only downloaded the
+authors' archive below, which holds `annotations/train.json`, `annotations/test.json` and `images/`. The archive is
+checked against the MD5 the authors publish in the CPPE-5 README (github.com/Rishit-dagli/CPPE-Dataset) before
+anything is unpacked; `--checksum sha256:HEX` (any hashlib algorithm) checks another copy. Writes
+`output_dir/images/` and `output_dir/annotations/{train,test}.json`; then train with `--dataset_dir output_dir`
+(the eval split is carved from train, as the HF guide does, or `--eval_split test`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+CPPE5_URL = "https://storage.googleapis.com/cppe-5/dataset.tar.gz"
+CPPE5_CHECKSUM = "md5:f4e043f983cff94ef82ef7d57a879212"  # published beside the URL in the CPPE-5 README
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Cppe5Arguments:
+    output_dir: str = field(default="data/cppe5", metadata={"help": "Folder to write images/ and annotations/ into."})
+    url: str = field(default=CPPE5_URL, metadata={"help": "The release archive: a URL (https, file) or a local path."})
+    checksum: str = field(default=CPPE5_CHECKSUM, metadata={"help": "<hashlib algorithm>:<hex digest> of the archive."})
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(url: str, destination: Path) -> Path:
+    """The archive at `url` (a URL or a local path), copied to `destination`."""
+    if Path(url).is_file():
+        return Path(shutil.copyfile(url, destination))
+    urllib.request.urlretrieve(url, destination)  # noqa: S310 - the user's URL; file:// on purpose (offline copies)
+    return destination
+
+
+def unpack_release(archive: Path, output_dir: Path) -> None:
+    """Move the archive's images/ and annotations/{train,test}.json (at its top or one folder down) to output_dir."""
+    with tempfile.TemporaryDirectory(dir=output_dir.parent) as scratch, tarfile.open(archive) as tar:
+        tar.extractall(scratch, filter="data")  # the data filter refuses absolute paths, ../ and device files
+        found = sorted(Path(scratch).glob("**/annotations/train.json"), key=lambda p: len(p.parts))
+        root = found[0].parent.parent if found else Path(scratch)
+        expected = [root / "images", *(root / "annotations" / f"{split}.json" for split in SPLITS)]
+        missing = [str(path.relative_to(scratch)) for path in expected if not path.exists()]
+        if missing:
+            raise ValueError(f"{archive} is not a CPPE-5 release: no {', '.join(missing)} in it")
+        (output_dir / "annotations").mkdir(parents=True, exist_ok=True)
+        shutil.move(root / "images", output_dir / "images")
+        for split in SPLITS:
+            shutil.move(root / "annotations" / f"{split}.json", output_dir / "annotations" / f"{split}.json")
+
+
+def download_cppe5(output_dir: str | Path, url: str = CPPE5_URL, checksum: str = CPPE5_CHECKSUM) -> Path:
+    """output_dir holding CPPE-5 in the COCO folder layout; ValueError when the archive's checksum differs."""
+    output_dir = Path(output_dir)
+    if all((output_dir / "annotations" / f"{split}.json").exists() for split in SPLITS):
+        return output_dir
+    if (output_dir / "images").exists():
+        raise ValueError(f"{output_dir}/images exists without annotations/train.json and test.json: remove it")
+    algorithm, _, expected = checksum.partition(":")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output_dir.parent) as scratch:
+        archive = fetch(url, Path(scratch) / "cppe-5.tar.gz")
+        digest = file_digest(archive, algorithm)
+        if digest != expected.lower():
+            raise ValueError(f"{url}: {algorithm} {digest}, expected {expected}: a damaged or different archive "
+                             "(download it again, or pass --checksum for a copy you trust)")
+        unpack_release(archive, output_dir)
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = HfArgumentParser(Cppe5Arguments).parse_args_into_dataclasses(argv)
+    try:
+        output_dir = download_cppe5(args.output_dir, args.url, args.checksum)
+    except OSError as error:  # urllib's URLError included: no network, no such file
+        print(f"cannot fetch {args.url}: {error} (offline? copy the archive here and pass --url PATH)",
+              file=sys.stderr)
+        return 1
+    except (ValueError, tarfile.TarError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(f"CPPE-5 in {output_dir}: train with --dataset_dir {output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

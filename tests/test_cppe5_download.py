@@ -1,0 +1,52 @@
+"""`make cppe5` offline: a small archive in the CPPE-5 release layout, fetched by URL or path, checksum-checked,
+unpacked into a COCO folder that validates."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from detr_ft.data import cppe5_download
+from detr_ft.data.sources import load_coco_folder
+from detr_ft.data.synthetic import write_synthetic_coco
+from detr_ft.data.validation import validate_split
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """dataset.tar.gz holding images/ and annotations/{train,test}.json, as the authors' archive does."""
+    folder = write_synthetic_coco(tmp_path_factory.mktemp("release"), num_train=6, num_validation=0, num_test=3,
+                                  image_size=32, seed=0)
+    (folder / "annotations" / "validation.json").unlink()
+    archive = folder.parent / "dataset.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder / "annotations", "annotations")
+        tar.add(folder / "images", "images")
+    return archive
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("address", ["file URL", "local path"])
+def test_release_archive_is_unpacked_into_the_coco_folder_layout(release, tmp_path, address):
+    url = release.as_uri() if address == "file URL" else str(release)
+    output_dir = tmp_path / "cppe5"
+    argv = ["--output_dir", str(output_dir), "--url", url, "--checksum", f"md5:{md5(release)}"]
+    assert cppe5_download.main(argv) == 0
+    assert sorted(p.name for p in (output_dir / "annotations").iterdir()) == ["test.json", "train.json"]
+    for split, count in (("train", 6), ("test", 3)):
+        assert len(validate_split(load_coco_folder(output_dir, split)).coco["images"]) == count
+
+
+def test_an_archive_with_another_checksum_is_refused_and_nothing_written(release, tmp_path, capsys):
+    output_dir = tmp_path / "cppe5"
+    argv = ["--output_dir", str(output_dir), "--url", str(release), "--checksum", f"md5:{'0' * 32}"]
+    assert cppe5_download.main(argv) == 2
+    assert f"md5 {md5(release)}, expected {'0' * 32}" in capsys.readouterr().err
+    assert not output_dir.exists()
+
