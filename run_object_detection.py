@@ -69,7 +69,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     from detr_ft.data.dataset import PaddedToMultiple
     from detr_ft.data.images import Preprocessing
     from detr_ft.data.prepare import prepare_data, warn_queries_overflow
-    from detr_ft.data.validation import DatasetError
+    from detr_ft.data.sources import DatasetError
     from detr_ft.evaluation.loop import (
         EVAL_IGNORE_KEYS,
         CocoMetrics,

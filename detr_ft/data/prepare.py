@@ -11,8 +11,8 @@ from detr_ft.data.augmentation import train_augmentation
 from detr_ft.data.dataset import DetectionDataset, is_crowd
 from detr_ft.data.labels import ClassMapping, missing_names
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
-from detr_ft.data.sources import CocoSplit, carve_validation, load_splits
-from detr_ft.data.validation import DatasetError, refuse_if, validate_split
+from detr_ft.data.sources import CocoSplit, DatasetError, carve_validation, load_splits
+from detr_ft.data.validation import refuse_if, validate_split
 from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
 logger = logging.getLogger(__name__)
