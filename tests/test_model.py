@@ -8,6 +8,7 @@ from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 from detr_ft.model.build import build_model, trained_from_scratch
 from detr_ft.run_files import save_run_arguments
 from detr_ft.train.optimizer import build_optimizer, describe_training, optimizer_param_groups
+from patches import apply_patches
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
 
@@ -95,6 +96,7 @@ def what_trains(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str,
 
 def test_what_trains_shows_the_pretrained_freeze(tmp_path):
     model = build_model(str(saved_resnet_detr(tmp_path)), ID2LABEL)
+    apply_patches(model, static_shapes=False, train_backbone_stages=True)  # as the entry does for pretrained models
     groups = what_trains(model, build_optimizer(model, 1e-4, 1e-5, 1e-4))
 
     for frozen in ("backbone stem", "backbone stage 0", "backbone BatchNorm"):  # BatchNorm: frozen statistics
