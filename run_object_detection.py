@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from detr_ft.evaluation.loop import EVAL_IGNORE_KEYS, CocoMetrics, preprocess_logits_for_metrics
     from detr_ft.evaluation.report import format_map_table
     from detr_ft.model.build import build_model
+    from detr_ft.model.device_matcher import choose_matcher
     from detr_ft.model.presets import default_image_size, is_preset
     from detr_ft.model.static_shapes import use_static_shape_loss
     from detr_ft.run_files import save_run_arguments
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                         model_args.freeze_backbone)
     warn_queries_overflow(data, model.config.num_queries)
     if data.bucket_sizes:
-        use_static_shape_loss(model)
+        use_static_shape_loss(model, choose_matcher(shape_args.matcher, device_type, shape_args.matcher_steps))
     callbacks = [MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback()]
     if shape_args.check_finite_loss:
         guard = NonFiniteLossGuard(training_args.output_dir, shape_args.skip_nonfinite_batches, data.train_image_names)
