@@ -16,6 +16,10 @@ sys.path.insert(0, str(REPO))
 CPPE5_TEST = REPO.parent / "shared" / "data" / "cppe5-test"
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU (deselect with -m 'not slow')")
+
+
 @pytest.fixture(scope="session")
 def cppe5_dir() -> Path:
     if not (CPPE5_TEST / "annotations" / "test.json").exists():

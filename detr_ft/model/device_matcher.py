@@ -218,12 +218,14 @@ class DeviceMatcher:
     """`hungarian_match`'s drop-in that solves on the device (`solve`).
 
     steps: search steps per call; 0 = `worst_case_steps` (no host read). A smaller count costs one read per call,
-    and a host solve where some problem did not complete. compile_step: run `search_step` through torch.compile.
+    and a host solve where some problem did not complete. compile_backend: run `search_step` through torch.compile
+    with this backend (None: eager).
     """
 
-    def __init__(self, steps: int = 0, compile_step: bool = False):
+    def __init__(self, steps: int = 0, compile_backend: str | None = None):
         self.steps = steps
-        self.step_function = torch.compile(search_step, fullgraph=True, dynamic=False) if compile_step else search_step
+        self.step_function = search_step if compile_backend is None else torch.compile(
+            search_step, fullgraph=True, dynamic=False, backend=compile_backend)
 
     @torch.no_grad()
     def __call__(
@@ -244,10 +246,10 @@ class DeviceMatcher:
         return matched
 
 
-def choose_matcher(choice: str, device_type: str, steps: int = 0, compile_step: bool = False):
+def choose_matcher(choice: str, device_type: str, steps: int = 0):
     """The match function of `--matcher` (host, device, auto: MEASURED_CHOICE) on a device type."""
     if choice not in MATCHERS:
         raise ValueError(f"--matcher must be one of {', '.join(MATCHERS)}, got {choice!r}")
     if choice == "auto":
         choice = MEASURED_CHOICE.get(device_type, "host")
-    return hungarian_match if choice == "host" else DeviceMatcher(steps, compile_step)
+    return hungarian_match if choice == "host" else DeviceMatcher(steps)
