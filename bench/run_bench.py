@@ -150,7 +150,9 @@ def matcher_ms_per_step(workload: Workload, repeats: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def device_matcher_ms_per_step(shape: tuple[int, int, int, int], repeats: int, backend: str, seed: int) -> dict:
+def device_matcher_ms_per_step(
+    shape: tuple[int, int, int, int], repeats: int, backend: str, seed: int, device: str = "cpu"
+) -> dict:
     """Median ms per step of scipy and the device matcher on the same costs: random model outputs, targets padded to
     T slots with CPPE-5-like counts (bench/workload.py's skew, one image full). The device matcher runs a short step
     count (4 T + 8, enough for real costs; the fallback's read included) eager and compiled, and the worst case
@@ -165,7 +167,9 @@ def device_matcher_ms_per_step(shape: tuple[int, int, int, int], repeats: int, b
     labels = {"class_labels": torch.randint(0, NUM_LABELS, (batch_size, num_targets), generator=generator),
               "boxes": torch.rand(batch_size, num_targets, 4, generator=generator) * 0.4 + 0.3,
               "valid": torch.arange(num_targets) < counts[:, None]}  # (B, T), (B, T, 4), (B, T)
-    cost = matching_costs(logits, boxes, labels["class_labels"], labels["boxes"], 1, 5, 2)  # (L, B, Q, T)
+    labels = {name: value.to(device) for name, value in labels.items()}
+    cost = matching_costs(logits.to(device), boxes.to(device), labels["class_labels"], labels["boxes"], 1, 5, 2)
+    # (L, B, Q, T)
     short_steps = 4 * num_targets + 8
     matchers = {"scipy": host_assignment, "device_eager": DeviceMatcher(short_steps).assign,
                 "device_compiled": DeviceMatcher(short_steps, backend).assign,
@@ -180,6 +184,8 @@ def device_matcher_ms_per_step(shape: tuple[int, int, int, int], repeats: int, b
         for name, match in matchers.items():
             begin = time.perf_counter()
             match(cost, labels["valid"])
+            if cost.is_cuda:
+                torch.cuda.synchronize()
             times[name].append(1000 * (time.perf_counter() - begin))
     _, complete = solve(cost, labels["valid"], short_steps)
     return {"shape": {"layers": layers, "batch": batch_size, "queries": num_queries, "target_slots": num_targets,
