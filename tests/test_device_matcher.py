@@ -4,11 +4,14 @@ nothing on the host, and its forward + loss trace into one graph."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 from test_sync_audit import make_batch, patched, tiny_detr
+from test_train import logged_losses, train
 from torch import Tensor
 
 from detr_ft.data.dataset import DetectionDataset
@@ -189,3 +192,16 @@ def test_worst_case_steps_finish_the_slowest_problem():
     matched, complete_at_bound = solve(cost, valid)
     assert complete_at_bound.all() and torch.equal(matched, host_assignment(cost, valid))
     assert not complete.all()
+
+
+@pytest.mark.slow
+def test_entry_trains_with_device_matcher_without_host_reads_and_hosts_loss_history(synthetic_dir, tmp_path):
+    """`--matcher device --check_finite_loss false`: 0 host reads per step in run_summary.json, and the very losses
+    of `--matcher host` (the device matcher finds scipy's assignment, so nothing differs)."""
+    common = ["--dataset_dir", str(synthetic_dir), "--pad_images", "--pad_objects", "--num_buckets", "1",
+              "--deterministic", "--max_steps", "3", "--logging_steps", "1", "--check_finite_loss", "false"]
+    runs = {matcher: train(tmp_path, matcher, *common, "--matcher", matcher) for matcher in ("host", "device")}
+    syncs = {matcher: json.loads((run / "run_summary.json").read_text())["host_syncs_per_step"]
+             for matcher, run in runs.items()}
+    assert syncs == {"host": 1, "device": 0}
+    assert logged_losses(runs["device"]) == logged_losses(runs["host"])
