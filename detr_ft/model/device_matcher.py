@@ -158,8 +158,9 @@ def search_step(problems: Problems, state: SearchState) -> SearchState:
     labelled_by = path.gather(1, column[:, None])[:, 0].clamp(min=0)  # (P,)
     path_to_column = s.row_path.gather(1, labelled_by[:, None, None].expand(-1, 1, size))[:, 0] | picked  # (P, M)
     new_row = torch.where(extend, matched_row, size)  # (P,): row M takes the writes of no row
-    # in place: one row per problem; a root row is never stale (unmatched rows are never brought in)
-    s.row_path.scatter_(1, new_row[:, None, None].expand(-1, 1, size), path_to_column[:, None])
+    # in place, one row per problem (a scatter would copy all M^2); a root's row is never stale: unmatched rows are
+    # never brought in
+    s.row_path[torch.arange(num_problems, device=device), new_row] = path_to_column  # (P, M) written
     scan_row = torch.where(extend, matched_row, s.scan_row)  # (P,)
 
     # sink reached: update the duals with the pre-augment col4row, then flip the path's columns
