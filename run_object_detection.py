@@ -78,6 +78,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     )
     from detr_ft.evaluation.report import format_map_table
     from detr_ft.model.build import build_model
+    from detr_ft.model.device_matcher import choose_matcher
     from detr_ft.model.static_shapes import use_static_shape_loss
     from detr_ft.run_files import save_run_arguments
     from detr_ft.train.arguments import finalize_training_arguments
@@ -109,7 +110,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     save_run_arguments(training_args.output_dir, run_arguments)
     warn_queries_overflow(data, model.config.num_queries)
     if data.bucket_sizes:
-        use_static_shape_loss(model)
+        use_static_shape_loss(model, choose_matcher(shape_args.matcher, device_type, shape_args.matcher_steps))
     callbacks = [MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback(),
                  BroadcastBuffersBeforeEvaluation()]
     if shape_args.check_finite_loss:

@@ -11,7 +11,9 @@ Measures (medians of interleaved repeats where timed):
 - eager_steps_per_s: training steps (forward, loss, backward, AdamW) per second without compilation;
 - matcher_ms_per_step: transformers' HungarianMatcher once per decoder layer (as its loss calls it) against our
   `hungarian_match` of all layers at once, on the same model outputs;
-- map_eval_s: pycocotools against our `coco_map` (bench/map_eval.py).
+- map_eval_s: pycocotools against our `coco_map` (bench/map_eval.py);
+- device_matcher: ms per step of scipy (`host_assignment`) against the device matcher, eager and with its search
+  step compiled, on the same costs at DETR-R50 shapes (6 decoder layers, batch 8, 100 queries, 60 target slots).
 
 `--quick` is a smoke run of every measure at toy sizes (a smaller transformer, fewer steps, the aot_eager compile
 backend, 200 images for mAP): its counts are meaningful, its timings are not.
@@ -20,6 +22,7 @@ backend, 200 images for mAP): its counts are meaningful, its timings are not.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -37,8 +40,18 @@ from transformers.loss.loss_for_object_detection import HungarianMatcher
 
 from bench.compile_warmup import compile_warmup_isolated
 from bench.map_eval import compare_map_evaluation
-from bench.workload import PATHS, Workload, build_model, make_batches, make_samples, train_step
-from detr_ft.model.matcher import hungarian_match
+from bench.workload import (
+    MEDIAN_OBJECTS,
+    NUM_LABELS,
+    PATHS,
+    Workload,
+    build_model,
+    make_batches,
+    make_samples,
+    train_step,
+)
+from detr_ft.model.device_matcher import DeviceMatcher, solve, worst_case_steps
+from detr_ft.model.matcher import host_assignment, hungarian_match, matching_costs
 from detr_ft.train.sync_audit import HostSyncCounter
 
 MAX_MAP_DIFF = 1e-4
@@ -64,6 +77,7 @@ class BenchSizes:
     compile_batches: int = 4
     map_images: int = 5000
     map_detections_per_image: int = 100
+    matcher_shape: tuple[int, int, int, int] = (6, 8, 100, 60)  # decoder layers, batch, queries, target slots
 
 
 FULL = BenchSizes()
@@ -71,7 +85,7 @@ QUICK = BenchSizes(
     workload=Workload(image_size=64, min_side=40, batch_size=2, batches_per_epoch=3, d_model=32, ffn_dim=64,
                       encoder_layers=2, decoder_layers=2, num_queries=20, backbone_width=8),
     sync_steps=1, eager_repeats=2, matcher_repeats=2, compile_backend="aot_eager", compile_epochs=1,
-    compile_batches=3, map_images=200,
+    compile_batches=3, map_images=200, matcher_shape=(2, 2, 20, 8),
 )
 
 
@@ -150,6 +164,55 @@ def matcher_ms_per_step(workload: Workload, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+@torch.no_grad()
+def device_matcher_ms_per_step(
+    shape: tuple[int, int, int, int], repeats: int, backend: str, seed: int, device: str = "cpu"
+) -> dict:
+    """Median ms per step of scipy and the device matcher on the same costs: random model outputs, targets padded to
+    T slots with CPPE-5-like counts (bench/workload.py's skew, one image full). The device matcher runs a short step
+    count (4 T + 8, enough for real costs; the fallback's read included) eager and compiled (medians), and the
+    worst-case count eager (one run)."""
+    layers, batch_size, num_queries, num_targets = shape
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(layers, batch_size, num_queries, NUM_LABELS + 1, generator=generator)  # (L, B, Q, C+1)
+    boxes = torch.rand(layers, batch_size, num_queries, 4, generator=generator) * 0.5 + 0.25  # (L, B, Q, 4)
+    counts = torch.randn(batch_size, generator=generator).mul(0.8).add(math.log(MEDIAN_OBJECTS)).exp().round()
+    counts = counts.long().clamp(1, num_targets)  # (B,)
+    counts[0] = num_targets
+    labels = {"class_labels": torch.randint(0, NUM_LABELS, (batch_size, num_targets), generator=generator),
+              "boxes": torch.rand(batch_size, num_targets, 4, generator=generator) * 0.4 + 0.3,
+              "valid": torch.arange(num_targets) < counts[:, None]}  # (B, T), (B, T, 4), (B, T)
+    labels = {name: value.to(device) for name, value in labels.items()}
+    cost = matching_costs(logits.to(device), boxes.to(device), labels["class_labels"], labels["boxes"], 1, 5, 2)
+    # (L, B, Q, T)
+    short_steps = 4 * num_targets + 8
+    matchers = {"scipy": host_assignment, "device_eager": DeviceMatcher(short_steps).assign,
+                "device_compiled": DeviceMatcher(short_steps, backend).assign}
+    start = time.perf_counter()
+    expected = host_assignment(cost, labels["valid"])
+    for name, match in matchers.items():
+        assert torch.equal(match(cost, labels["valid"]), expected), name  # exact, and the compile's warm-up
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()  # the worst-case step count once: it is the slow one
+    assert torch.equal(DeviceMatcher().assign(cost, labels["valid"]), expected)
+    worst_case_ms = 1000 * (time.perf_counter() - start)
+    times: dict[str, list[float]] = {name: [] for name in matchers}
+    for _ in range(repeats):
+        for name, match in matchers.items():
+            begin = time.perf_counter()
+            match(cost, labels["valid"])
+            if cost.is_cuda:
+                torch.cuda.synchronize()
+            times[name].append(1000 * (time.perf_counter() - begin))
+    _, complete = solve(cost, labels["valid"], short_steps)
+    return {"shape": {"layers": layers, "batch": batch_size, "queries": num_queries, "target_slots": num_targets,
+                      "valid_targets": counts.tolist()},
+            "steps": {"short": short_steps, "worst_case": worst_case_steps(num_queries, num_targets)},
+            "short_steps_completed": float(complete.float().mean()), "warmup_s": compile_s,
+            "ms_per_step": {**{name: statistics.median(values) for name, values in times.items()},
+                            "device_eager_worst_case": worst_case_ms}}
+
+
 def machine_info() -> dict:
     cpu_model = platform.processor()
     if Path("/proc/cpuinfo").exists():
@@ -217,6 +280,9 @@ def run(sizes: BenchSizes, gaudi_python: str) -> dict:
     results["eager_ratio"] = ratio(results["eager_steps_per_s"]["ours"], results["eager_steps_per_s"]["stock"])
     results["matcher_ms_per_step"] = matcher_ms_per_step(workload, sizes.matcher_repeats)
 
+    results["device_matcher"] = device_matcher_ms_per_step(sizes.matcher_shape, sizes.matcher_repeats,
+                                                           sizes.compile_backend, workload.seed)
+
     map_eval = compare_map_evaluation(sizes.map_images, sizes.map_detections_per_image, workload.seed)
     results["map_eval_s"] = map_eval["seconds"]
     results["map_eval_speedup"] = ratio(map_eval["seconds"]["pycocotools"], map_eval["seconds"]["ours"])
@@ -259,6 +325,12 @@ def format_table(results: dict) -> str:
         lines.append(f"| {name} | {number.format(stock)} | {number.format(ours)} | {versus} | {met} |")
     if "skipped" in gaudi:
         lines.append(f"\nGaudi stack skipped: {gaudi['skipped']}")
+    matcher = results["device_matcher"]
+    shape = matcher["shape"]
+    lines.append(f"\nmatcher ms per step, {shape['layers']} layers x {shape['batch']} images, {shape['queries']} "
+                 f"queries, {shape['target_slots']} target slots: " + ", ".join(
+                     f"{name} {ms:.1f}" for name, ms in matcher["ms_per_step"].items())
+                 + f" (short = {matcher['steps']['short']} steps, worst case {matcher['steps']['worst_case']})")
     machine = results["machine"]
     lines.append(
         f"\nmAP max |diff| {results['map_max_abs_diff']:.2e}; {machine['cpu_count']} x {machine['processor']}, "

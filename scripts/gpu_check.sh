@@ -10,6 +10,8 @@
 # 3. a benchmark of a randomly initialised DETR-R50-sized model at 800 px: the stock path (fp32, variable shapes,
 #    transformers' loss) against static shapes (--pad_images --pad_objects --num_buckets 1) + --bf16 + --torch_compile;
 #    images/s, host syncs per step and graph compilations come from each run's run_summary.json.
+# 4. matcher ms per step at DETR-R50 shapes on $DEVICE: scipy against the exact device matcher, eager and compiled
+#    (bench/run_bench.py's device_matcher_ms_per_step): the numbers that settle `--matcher auto` there.
 # Ends with a table. It installs nothing, except wheels carried in .whl/ (pip install --no-deps --no-index), and
 # writes only under $WORK (default: a new /tmp/detr-ft-gpu-check.* folder).
 set -euo pipefail
@@ -19,8 +21,10 @@ PY=${PYTHON:-python3}
 WORK=${WORK:-$(mktemp -d /tmp/detr-ft-gpu-check.XXXXXX)}
 if [[ "${1:-}" == "--tiny" ]]; then
     TINY=1 DEVICE=cpu SIZE=64 STEPS=6 BATCH=4 WORKERS=2 COMPILE_BACKEND=eager DEVICE_FLAGS=(--device cpu --use_cpu)
+    MATCHER_SHAPE="2, 2, 20, 8"
 else  # 8 loader workers: augmenting 800 px images must keep up with a compiled bf16 model
     TINY=0 DEVICE=cuda SIZE=800 STEPS=60 BATCH=8 WORKERS=8 COMPILE_BACKEND=inductor DEVICE_FLAGS=(--device cuda)
+    MATCHER_SHAPE="6, 8, 100, 60"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 echo "work dir: $WORK"
@@ -94,6 +98,10 @@ echo "== 3. benchmark, $STEPS steps each"
 run stock --num_buckets 0 --max_steps "$STEPS"
 run static_bf16_compiled --pad_images --pad_objects --num_buckets 1 --bf16 --torch_compile \
     --torch_compile_backend "$COMPILE_BACKEND" --max_steps "$STEPS"
+
+echo "== 4. matcher ms per step on $DEVICE"
+"$PY" -c "import json; from bench.run_bench import device_matcher_ms_per_step as m; \
+print(json.dumps(m(($MATCHER_SHAPE), 5, '$COMPILE_BACKEND', 0, '$DEVICE')))" | tee "$WORK/matcher.json"
 
 "$PY" - "$WORK" <<'EOF'
 import json

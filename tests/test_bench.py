@@ -65,6 +65,14 @@ def test_ours_compiles_once_and_stock_recompiles(quick_run):
     assert results["recompiles"]["stock"] > 1 and results["image_shapes_compiled"]["stock"] > 1
 
 
+def test_device_matcher_is_timed_against_scipy(quick_run):
+    results, printed = quick_run
+    matcher = results["device_matcher"]
+    assert set(matcher["ms_per_step"]) == {"scipy", "device_eager", "device_compiled", "device_eager_worst_case"}
+    assert all(ms > 0 for ms in matcher["ms_per_step"].values())
+    assert "matcher ms per step, 2 layers x 2 images" in printed
+
+
 def test_map_evaluations_agree(quick_run):
     results, _ = quick_run
     assert results["map_max_abs_diff"] <= MAX_MAP_DIFF

@@ -15,6 +15,8 @@ padded_detr_loss`. Unmatched queries compare a padding box with itself (L1 0, GI
 get exactly zero gradient, whatever their predictions are.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -27,10 +29,12 @@ from detr_ft.model.matcher import hungarian_match
 
 def padded_detr_loss(
     logits: Tensor, labels: dict[str, Tensor], device: torch.device, pred_boxes: Tensor, config: DetrConfig,
-    outputs_class: Tensor | None = None, outputs_coord: Tensor | None = None, **kwargs,
+    outputs_class: Tensor | None = None, outputs_coord: Tensor | None = None, match: Callable = hungarian_match,
+    **kwargs,
 ) -> tuple[Tensor, dict[str, Tensor], list[dict[str, Tensor]] | None]:
     """Drop-in for transformers' ForObjectDetectionLoss taking padded labels: "class_labels" (B, T), "boxes"
-    (B, T, 4), "valid" (B, T). outputs_class / outputs_coord: (L, B, Q, C+1) / (L, B, Q, 4), all decoder layers."""
+    (B, T, 4), "valid" (B, T). outputs_class / outputs_coord: (L, B, Q, C+1) / (L, B, Q, 4), all decoder layers.
+    match: `hungarian_match` or a drop-in with its signature (detr_ft/model/device_matcher.py)."""
     layer_logits, layer_boxes = logits[None], pred_boxes[None]  # (1, B, Q, C+1), (1, B, Q, 4)
     auxiliary_outputs = None
     if config.auxiliary_loss:
@@ -40,7 +44,7 @@ def padded_detr_loss(
         layer_boxes = torch.cat([outputs_coord[:-1], layer_boxes])  # (L, B, Q, 4)
     layer_logits, layer_boxes = layer_logits.float(), layer_boxes.float()
     targets = {**labels, "boxes": labels["boxes"].float()}
-    matched = hungarian_match(layer_logits, layer_boxes, targets, config.class_cost, config.bbox_cost, config.giou_cost)
+    matched = match(layer_logits, layer_boxes, targets, config.class_cost, config.bbox_cost, config.giou_cost)
     losses = layer_losses(layer_logits, layer_boxes, targets, matched, config.eos_coefficient)  # name -> (L,)
 
     final = layer_logits.shape[0] - 1

@@ -54,7 +54,13 @@ def hungarian_match(
     "valid" (B, T).
     """
     cost = matching_costs(logits, pred_boxes, labels["class_labels"], labels["boxes"], class_cost, bbox_cost, giou_cost)
-    valid_row = labels["valid"][:, None, :].to(cost.dtype).expand(cost.shape[0], -1, -1, -1)  # (L, B, 1, T)
+    return host_assignment(cost, labels["valid"])
+
+
+def host_assignment(cost: Tensor, valid: Tensor) -> Tensor:
+    """scipy's assignment of every (layer, image) on its valid columns: (L, B, Q, T) costs, (B, T) bool -> (L, B, Q)
+    long on the costs' device, after one device->host copy."""
+    valid_row = valid[:, None, :].to(cost.dtype).expand(cost.shape[0], -1, -1, -1)  # (L, B, 1, T)
     packed = torch.cat([cost, valid_row], dim=2).cpu().numpy()  # (L, B, Q+1, T): the one host sync
     matched = np.full(cost.shape[:3], UNMATCHED, dtype=np.int64)  # (L, B, Q)
     for layer, image in np.ndindex(*cost.shape[:2]):
@@ -62,4 +68,4 @@ def hungarian_match(
         columns = np.flatnonzero(valid)  # (n,)
         rows, picked = linear_sum_assignment(image_cost[:, columns])  # (min(Q, n),) each
         matched[layer, image, rows] = columns[picked]
-    return torch.from_numpy(matched).to(logits.device)
+    return torch.from_numpy(matched).to(cost.device)

@@ -76,6 +76,16 @@ class StaticShapeArguments:
     skip_nonfinite_batches: bool = field(
         default=False, metadata={"help": "With check_finite_loss: skip such a batch's update instead of stopping."}
     )
+    matcher: str = field(
+        default="auto",
+        metadata={"help": "host (scipy, one device->host copy per step), device (exact, on the device, no host read), "
+                          "or auto (per device, as measured: README)."},
+    )
+    matcher_steps: int = field(
+        default=0,
+        metadata={"help": "--matcher device: search steps per step; 0 = enough for every problem, no host read. "
+                          "Fewer: one read per step, and a host solve when some problem did not finish."},
+    )
 
     @property
     def buckets_on(self) -> bool:
