@@ -5,19 +5,13 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
-from entry_runs import (
-    entry_argv,
-    entry_command,
-    eval_records,
-    final_weights,
-    logged_losses,
-    reference_run,
-    run_in_process,
-    tiny_coco,
-)
+from entry_runs import entry_argv, entry_command, eval_records, final_weights, run_in_process
 
 from detr_ft.train.checkpoints import COMPLETE_MARKER
+
+pytestmark = pytest.mark.slow  # entry runs, one in a subprocess
 
 
 def kill_after_checkpoint(command: list[str], marker, timeout: float = 300.0) -> int:
@@ -30,9 +24,9 @@ def kill_after_checkpoint(command: list[str], marker, timeout: float = 300.0) ->
     return process.wait()
 
 
-def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(tmp_path, tmp_path_factory):
-    reference = reference_run(tmp_path_factory)
-    argv = entry_argv(tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco"), tmp_path)
+def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_coco, reference_run, logged_losses):
+    reference = reference_run
+    argv = entry_argv(tiny_coco, tmp_path)
 
     assert kill_after_checkpoint(entry_command(argv), tmp_path / "checkpoint-2" / COMPLETE_MARKER) == -signal.SIGKILL
     assert not (tmp_path / "checkpoint-4" / COMPLETE_MARKER).exists()  # killed mid-run, not after it
