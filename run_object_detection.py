@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay,
                                 adamw_class(training_args))
     eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
+    run_summary = RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
+                                     precision_name(training_args))
     trainer = build_trainer(
         device_args, training_args,
         model=model,
@@ -84,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         compute_metrics=CocoMetrics(data.eval_split, data.classes),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         optimizers=(optimizer, None),
-        callbacks=[*callbacks,
-                   RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
-                                      precision_name(training_args))],
+        callbacks=[*callbacks, run_summary],
     )
     trainer_resume_weights.patch_trainer(trainer)
     try:
-        trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
+        with run_summary.host_sync_audit():  # its torch modes end with training, also when a step raises
+            trainer.train(resume_from_checkpoint=resume_checkpoint(training_args),
+                          ignore_keys_for_eval=EVAL_IGNORE_KEYS)
     except NonFiniteLossError as error:
         logging.error("%s", error)
         return 3
