@@ -19,6 +19,17 @@ class SaveCrash(RuntimeError):
     """The simulated crash."""
 
 
+def assert_rerun_resumes_from_checkpoint_1(run_dir, tiny_trainer) -> None:
+    """Only checkpoint-1 counts as complete; rerunning resumes from it and completes the run, checkpoints included."""
+    assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-1"]
+    args = TrainingArguments(output_dir=str(run_dir))
+    assert resume_checkpoint(args) == str(run_dir / "checkpoint-1")
+    trainer = tiny_trainer(run_dir, max_steps=3, callbacks=[CheckpointCompleteCallback()])
+    trainer.train(resume_from_checkpoint=resume_checkpoint(args))
+    assert trainer.state.global_step == 3
+    assert complete_checkpoints(run_dir) == [run_dir / f"checkpoint-{step}" for step in (1, 2, 3)]
+
+
 def test_crash_during_save_leaves_an_incomplete_checkpoint_that_resume_skips(tmp_path, monkeypatch, tiny_trainer):
     save_rng_state = Trainer._save_rng_state
 
@@ -34,14 +45,7 @@ def test_crash_during_save_leaves_an_incomplete_checkpoint_that_resume_skips(tmp
 
     assert (tmp_path / "checkpoint-2" / "model.safetensors").exists()
     assert not (tmp_path / "checkpoint-2" / COMPLETE_MARKER).exists()
-    assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
-    args = TrainingArguments(output_dir=str(tmp_path))
-    assert resume_checkpoint(args) == str(tmp_path / "checkpoint-1")
-
-    trainer = tiny_trainer(tmp_path, max_steps=3, callbacks=[CheckpointCompleteCallback()])
-    trainer.train(resume_from_checkpoint=resume_checkpoint(args))
-    assert trainer.state.global_step == 3
-    assert complete_checkpoints(tmp_path) == [tmp_path / f"checkpoint-{step}" for step in (1, 2, 3)]
+    assert_rerun_resumes_from_checkpoint_1(tmp_path, tiny_trainer)
 
 
 def test_checkpoint_truncated_by_a_crash_while_writing_weights_is_ignored(tmp_path, monkeypatch, tiny_trainer):
@@ -65,12 +69,7 @@ def test_checkpoint_truncated_by_a_crash_while_writing_weights_is_ignored(tmp_pa
     assert truncated.stat().st_size < (tmp_path / "checkpoint-1" / "model.safetensors").stat().st_size
     with pytest.raises(SafetensorError):
         safetensors.torch.load_file(truncated)
-    assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
-    args = TrainingArguments(output_dir=str(tmp_path))
-    assert resume_checkpoint(args) == str(tmp_path / "checkpoint-1")
-    trainer = tiny_trainer(tmp_path, max_steps=3, callbacks=[CheckpointCompleteCallback()])
-    trainer.train(resume_from_checkpoint=resume_checkpoint(args))
-    assert trainer.state.global_step == 3
+    assert_rerun_resumes_from_checkpoint_1(tmp_path, tiny_trainer)
 
 
 class CrashAtFirstStep(TrainerCallback):
