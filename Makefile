@@ -9,7 +9,8 @@ OUTDIR ?= outputs/cppe5
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv venv-gaudi data cppe5 demo train eval-all-checkpoints infer test test-main test-gaudi bench lint clean
+.PHONY: venv venv-gaudi data cppe5 demo train eval-all-checkpoints infer test test-main test-gaudi test-fast bench lint\
+	clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +82,11 @@ test-gaudi: $(GAUDI_VENV)/.installed
 	$(GAUDI_PY) -m pytest tests/gaudi -q $(PYTEST_ARGS)
 
 test: test-main test-gaudi
+
+# The edit-test loop: the main suite without the tests marked slow (entry runs, the convergence run, DDP, resume,
+# the compiling bench; setup.cfg lists the marker). `make test` (CI) runs everything.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest tests --ignore=tests/gaudi -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -132,6 +132,8 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
                                 adamw_class(training_args))
     logging.getLogger("detr_ft").info("what trains:\n  %s", "\n  ".join(describe_training(model, optimizer)))
     eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
+    run_summary = RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
+                                     precision_name(training_args))
     trainer = build_trainer(
         device_args, training_args,
         model=model,
@@ -142,14 +144,14 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
         compute_metrics=CocoMetrics(data.eval_split, data.eval_classes),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         optimizers=(optimizer, None),
-        callbacks=[*callbacks,
-                   RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
-                                      precision_name(training_args))],
+        callbacks=[*callbacks, run_summary],
     )
     apply_trainer_patches(trainer)
     gather_image_index_as_labels(trainer)
     try:
-        trainer.train(resume_from_checkpoint=resume_checkpoint(training_args), ignore_keys_for_eval=EVAL_IGNORE_KEYS)
+        with run_summary.host_sync_audit():  # its torch modes end with training, also when a step raises
+            trainer.train(resume_from_checkpoint=resume_checkpoint(training_args),
+                          ignore_keys_for_eval=EVAL_IGNORE_KEYS)
         trainer.save_model()
     except NonFiniteLossError as error:
         logging.error("%s", error)

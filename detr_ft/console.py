@@ -22,3 +22,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     """detr_ft's messages at `level`, every other library's at WARNING, in one format."""
     logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING)
     logging.getLogger("detr_ft").setLevel(level)
+    if not on_terminal():  # transformers' own bars too ("Writing model shards" at every checkpoint)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

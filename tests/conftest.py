@@ -1,4 +1,6 @@
-"""Shared fixtures: the real CPPE-5 test split, small synthetic COCO folders, tiny offline DETRs."""
+"""Shared fixtures: the real CPPE-5 test split, small synthetic COCO folders, tiny offline DETRs and Trainers, the
+losses a run logged. Tests marked `slow` (entry runs, convergence, DDP, resume, the compiling bench) are left out by
+`make test-fast`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
+from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -24,12 +28,96 @@ def cppe5_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory) -> Path:
-    """64 px shapes: 96 train and 24 validation images, 1-4 objects each."""
+def synthetic_coco(tmp_path_factory):
+    """`synthetic_coco(**write_synthetic_coco arguments)`: the folder, written once per session for each set of
+    arguments (tests read it; a test that corrupts data works on a copy)."""
     from detr_ft.data.synthetic import write_synthetic_coco
 
-    return write_synthetic_coco(tmp_path_factory.mktemp("synthetic"), num_train=96, num_validation=24,
-                                image_size=64, seed=0)
+    folders: dict[tuple, Path] = {}
+
+    def folder(**arguments) -> Path:
+        key = tuple(sorted(arguments.items()))
+        if key not in folders:
+            folders[key] = write_synthetic_coco(tmp_path_factory.mktemp("synthetic"), **arguments)
+        return folders[key]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(synthetic_coco) -> Path:
+    """64 px shapes: 96 train and 24 validation images, 1-4 objects each."""
+    return synthetic_coco(num_train=96, num_validation=24, image_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(synthetic_coco) -> Path:
+    """The entry runs' data (tests/entry_runs.py): 4 train and 2 validation images of 32 px, 1-3 objects each."""
+    return synthetic_coco(num_train=4, num_validation=2, image_size=32, min_objects=1, max_objects=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_coco, tmp_path_factory) -> Path:
+    """One uninterrupted entry run (tests/entry_runs.py) per session, for the tests that compare against it."""
+    from entry_runs import entry_argv, run_in_process
+
+    output_dir = tmp_path_factory.mktemp("reference_run")
+    assert run_in_process(entry_argv(tiny_coco, output_dir)) == 0
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def logged_losses():
+    """`logged_losses(checkpoint)`: (step, training loss) of every logged step, from its trainer_state.json."""
+
+    def losses(checkpoint: Path) -> list[tuple[int, float]]:
+        history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+        return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+
+    return losses
+
+
+@pytest.fixture(scope="session")
+def tiny_detr():
+    """`tiny_detr(seed=0, num_labels=3, **DetrConfig fields)`: a random DetrForObjectDetection of the detr-tiny
+    preset's shape (the model the entry builds from scratch, without DETR's init), any config field overridden."""
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    from detr_ft.model.presets import load_preset
+
+    def model(seed: int = 0, num_labels: int = 3, **overrides) -> DetrForObjectDetection:
+        torch.manual_seed(seed)
+        return DetrForObjectDetection(DetrConfig(**{**load_preset("detr-tiny").config, **overrides},
+                                                 num_labels=num_labels))
+
+    return model
+
+
+class TinyRegression(nn.Module):
+    """A linear model with a Trainer-shaped output: for tests of the Trainer's machinery, not of DETR."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+
+    def forward(self, x, labels):
+        return {"loss": nn.functional.mse_loss(self.linear(x).squeeze(-1), labels)}
+
+
+@pytest.fixture(scope="session")
+def tiny_trainer():
+    """`tiny_trainer(output_dir, max_steps, callbacks)`: a transformers Trainer of TinyRegression on 8 random samples,
+    batch 2, a checkpoint every step."""
+    from transformers import Trainer, TrainingArguments
+
+    def trainer(output_dir: Path, max_steps: int, callbacks: list | None = None) -> Trainer:
+        torch.manual_seed(0)
+        samples = [{"x": torch.randn(2), "labels": torch.randn(())} for _ in range(8)]
+        args = TrainingArguments(output_dir=str(output_dir), max_steps=max_steps, save_steps=1,
+                                 per_device_train_batch_size=2, report_to="none", use_cpu=True)
+        return Trainer(model=TinyRegression(), args=args, train_dataset=samples, callbacks=callbacks)
+
+    return trainer
 
 
 IMAGE_SIZE, SIDE = 64, 26

@@ -1,7 +1,8 @@
 """Tiny runs of the real entry (run_object_detection.py) shared by the resume, determinism and non-finite tests.
 
 A run is detr-tiny on 32 px synthetic images: 4 train images in batches of 2 (2 steps per epoch, 2 epochs), a
-checkpoint and an mAP evaluation every epoch, every step's loss logged in trainer_state.json.
+checkpoint and an mAP evaluation every epoch, every step's loss logged in trainer_state.json. The data
+(`tiny_coco`), the shared uninterrupted run (`reference_run`) and `logged_losses` are fixtures in conftest.py.
 """
 
 from __future__ import annotations
@@ -17,16 +18,6 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = REPO / "run_object_detection.py"
-
-
-def tiny_coco(folder: Path, num_train: int = 4, objects_per_image: tuple[int, int] = (1, 3), seed: int = 0,
-              num_validation: int = 2) -> Path:
-    from detr_ft.data.synthetic import write_synthetic_coco
-
-    if not (folder / "annotations" / "train.json").exists():
-        write_synthetic_coco(folder, num_train=num_train, num_validation=num_validation, image_size=32,
-                             min_objects=objects_per_image[0], max_objects=objects_per_image[1], seed=seed)
-    return folder
 
 
 def entry_argv(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -63,25 +54,6 @@ def run_two_processes(argv: list[str]) -> subprocess.CompletedProcess:
                *argv, "--ddp_backend", "gloo"]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-_reference_runs: dict[str, Path] = {}
-
-
-def reference_run(tmp_path_factory) -> Path:
-    """One uninterrupted run per test session, shared by the tests that compare against it."""
-    if "run" not in _reference_runs:
-        data_dir = tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco")
-        output_dir = tmp_path_factory.mktemp("reference_run")
-        assert run_in_process(entry_argv(data_dir, output_dir)) == 0
-        _reference_runs["run"] = output_dir
-    return _reference_runs["run"]
-
-
-def logged_losses(checkpoint: Path) -> list[tuple[int, float]]:
-    """(step, training loss) of every logged step, from the checkpoint's trainer_state.json."""
-    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
-    return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
 
 
 TIMING_METRICS = ("runtime", "samples_per_second", "steps_per_second")

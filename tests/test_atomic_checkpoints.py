@@ -2,10 +2,12 @@
 resume falls back past a complete checkpoint damaged later; a failed write names the disk."""
 
 import errno
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
-from torch import nn
+from safetensors import SafetensorError
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from detr_ft.train.checkpoints import (
@@ -18,28 +20,22 @@ from detr_ft.train.checkpoints import (
 )
 
 
-class TinyRegression(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(2, 1)
-
-    def forward(self, x, labels):
-        return {"loss": nn.functional.mse_loss(self.linear(x).squeeze(-1), labels)}
-
-
 class SaveCrash(RuntimeError):
     """The simulated crash."""
 
 
-def tiny_trainer(output_dir, max_steps: int) -> Trainer:
-    torch.manual_seed(0)
-    samples = [{"x": torch.randn(2), "labels": torch.randn(())} for _ in range(8)]
-    args = TrainingArguments(output_dir=str(output_dir), max_steps=max_steps, save_steps=1,
-                             per_device_train_batch_size=2, report_to="none", use_cpu=True)
-    return Trainer(model=TinyRegression(), args=args, train_dataset=samples, callbacks=[CheckpointCompleteCallback()])
+def assert_rerun_resumes_from_checkpoint_1(run_dir, tiny_trainer) -> None:
+    """Only checkpoint-1 counts as complete; rerunning resumes from it and completes the run, checkpoints included."""
+    assert complete_checkpoints(run_dir) == [run_dir / "checkpoint-1"]
+    args = TrainingArguments(output_dir=str(run_dir))
+    assert resume_checkpoint(args) == str(run_dir / "checkpoint-1")
+    trainer = tiny_trainer(run_dir, max_steps=3, callbacks=[CheckpointCompleteCallback()])
+    trainer.train(resume_from_checkpoint=resume_checkpoint(args))
+    assert trainer.state.global_step == 3
+    assert complete_checkpoints(run_dir) == [run_dir / f"checkpoint-{step}" for step in (1, 2, 3)]
 
 
-def test_crash_during_save_leaves_an_incomplete_checkpoint_that_resume_skips(tmp_path, monkeypatch):
+def test_crash_during_save_leaves_an_incomplete_checkpoint_that_resume_skips(tmp_path, monkeypatch, tiny_trainer):
     save_rng_state = Trainer._save_rng_state
 
     def crash_on_second_save(trainer, output_dir):
@@ -49,30 +45,36 @@ def test_crash_during_save_leaves_an_incomplete_checkpoint_that_resume_skips(tmp
 
     monkeypatch.setattr(Trainer, "_save_rng_state", crash_on_second_save)
     with pytest.raises(SaveCrash):
-        tiny_trainer(tmp_path, max_steps=3).train()
+        tiny_trainer(tmp_path, max_steps=3, callbacks=[CheckpointCompleteCallback()]).train()
     monkeypatch.setattr(Trainer, "_save_rng_state", save_rng_state)
 
     assert (tmp_path / "checkpoint-2" / "model.safetensors").exists()
     assert not (tmp_path / "checkpoint-2" / COMPLETE_MARKER).exists()
-    assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
-    args = TrainingArguments(output_dir=str(tmp_path))
-    assert resume_checkpoint(args) == str(tmp_path / "checkpoint-1")
-
-    trainer = tiny_trainer(tmp_path, max_steps=3)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(args))
-    assert trainer.state.global_step == 3
-    assert complete_checkpoints(tmp_path) == [tmp_path / f"checkpoint-{step}" for step in (1, 2, 3)]
+    assert_rerun_resumes_from_checkpoint_1(tmp_path, tiny_trainer)
 
 
-def test_truncated_unmarked_checkpoint_is_ignored(tmp_path):
-    tiny_trainer(tmp_path, max_steps=2).train()
-    last = tmp_path / "checkpoint-2"
-    (last / COMPLETE_MARKER).unlink()
-    weights = (last / "model.safetensors").read_bytes()
-    (last / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+def test_checkpoint_truncated_by_a_crash_while_writing_weights_is_ignored(tmp_path, monkeypatch, tiny_trainer):
+    """Killed halfway through writing checkpoint-2's weights: the file is there, truncated, and unreadable; only
+    the order of the save (marker after everything else) keeps resume away from it."""
+    save_file = safetensors.torch.save_file
 
-    assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
-    assert resume_checkpoint(TrainingArguments(output_dir=str(tmp_path))) == str(tmp_path / "checkpoint-1")
+    def crash_halfway_through_checkpoint_2(tensors, filename, *args, **kwargs):
+        save_file(tensors, filename, *args, **kwargs)
+        if Path(filename).parent.name == "checkpoint-2":
+            written = Path(filename).read_bytes()
+            Path(filename).write_bytes(written[: len(written) // 2])
+            raise SaveCrash("killed while writing the weights")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash_halfway_through_checkpoint_2)
+    with pytest.raises(SaveCrash):
+        tiny_trainer(tmp_path, max_steps=3, callbacks=[CheckpointCompleteCallback()]).train()
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+    truncated = tmp_path / "checkpoint-2" / "model.safetensors"
+    assert truncated.stat().st_size < (tmp_path / "checkpoint-1" / "model.safetensors").stat().st_size
+    with pytest.raises(SafetensorError):
+        safetensors.torch.load_file(truncated)
+    assert_rerun_resumes_from_checkpoint_1(tmp_path, tiny_trainer)
 
 
 class CrashAtFirstStep(TrainerCallback):
@@ -80,19 +82,18 @@ class CrashAtFirstStep(TrainerCallback):
         raise SaveCrash("killed before the first step")
 
 
-def test_resuming_earlier_unmarks_the_checkpoints_it_will_overwrite(tmp_path):
+def test_resuming_earlier_unmarks_the_checkpoints_it_will_overwrite(tmp_path, tiny_trainer):
     """A run resumed from step 1 writes checkpoint-2 again in place: until it has, checkpoint-2 is not complete."""
-    tiny_trainer(tmp_path, max_steps=2).train()
-    trainer = tiny_trainer(tmp_path, max_steps=2)
-    trainer.add_callback(CrashAtFirstStep())
+    tiny_trainer(tmp_path, max_steps=2, callbacks=[CheckpointCompleteCallback()]).train()
+    trainer = tiny_trainer(tmp_path, max_steps=2, callbacks=[CheckpointCompleteCallback(), CrashAtFirstStep()])
     with pytest.raises(SaveCrash):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
 
 
 @pytest.mark.parametrize("damaged_file", ["model.safetensors", "optimizer.pt", "trainer_state.json"])
-def test_complete_checkpoint_damaged_later_is_skipped_naming_it(tmp_path, caplog, damaged_file):
-    tiny_trainer(tmp_path, max_steps=2).train()
+def test_complete_checkpoint_damaged_later_is_skipped_naming_it(tmp_path, caplog, damaged_file, tiny_trainer):
+    tiny_trainer(tmp_path, max_steps=2, callbacks=[CheckpointCompleteCallback()]).train()
     damaged = tmp_path / "checkpoint-2" / damaged_file
     content = damaged.read_bytes()
     damaged.write_bytes(content[: len(content) // 2])  # truncated after its marker was written
@@ -102,7 +103,8 @@ def test_complete_checkpoint_damaged_later_is_skipped_naming_it(tmp_path, caplog
     assert resume_from == str(tmp_path / "checkpoint-1")
     assert f"skipping {tmp_path / 'checkpoint-2'}: complete when saved, damaged since ({damaged_file}" in caplog.text
 
-    tiny_trainer(tmp_path, max_steps=2).train(resume_from_checkpoint=resume_from)
+    rerun = tiny_trainer(tmp_path, max_steps=2, callbacks=[CheckpointCompleteCallback()])
+    rerun.train(resume_from_checkpoint=resume_from)
     assert checkpoint_damage(tmp_path / "checkpoint-2") is None  # written again
 
 
@@ -125,15 +127,15 @@ def test_other_errors_are_not_taken_for_a_full_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_disk_full_during_a_checkpoint_save_is_reported_as_such(tmp_path, tmp_path_factory, monkeypatch, caplog):
-    from entry_runs import entry_argv, run_in_process, tiny_coco
+def test_disk_full_during_a_checkpoint_save_is_reported_as_such(tmp_path, tiny_coco, monkeypatch, caplog):
+    from entry_runs import entry_argv, run_in_process
 
     def disk_full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0 basic_ios::clear: "
                            "iostream error")
 
     monkeypatch.setattr(torch, "save", disk_full)  # the Trainer saves optimizer and RNG state with torch.save
-    argv = entry_argv(tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco"), tmp_path, "--max_steps", "2")
+    argv = entry_argv(tiny_coco, tmp_path, "--max_steps", "2")
 
     assert run_in_process(argv) == 4
 

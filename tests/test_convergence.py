@@ -3,8 +3,12 @@ reach mAP50 0.4 on the synthetic validation set (it gives about 0.55; a transfor
 
 import json
 
+import pytest
+
 import run_object_detection
 from detr_ft.demo import recipe, write_data
+
+pytestmark = pytest.mark.slow  # minutes of training
 
 
 def test_demo_recipe_learns_to_detect_shapes(tmp_path):

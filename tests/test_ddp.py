@@ -13,28 +13,29 @@ import json
 
 import pytest
 import torch
-from entry_runs import entry_argv, logged_losses, run_in_process, run_two_processes, tiny_coco
-from transformers import DetrConfig, DetrForObjectDetection
+from entry_runs import entry_argv, run_in_process, run_two_processes
 
-from detr_ft.model.presets import load_preset
+pytestmark = pytest.mark.slow  # torchrun and entry runs
 
 STEPS = 3
 
 
-def pretrained_tiny_detr(folder):
-    settings = load_preset("detr-tiny").config
+@pytest.fixture
+def data_dir(synthetic_coco):
+    """seed 2: the two processes' first batches hold 4 and 8 objects"""
+    return synthetic_coco(num_train=8, num_validation=2, image_size=32, min_objects=1, max_objects=4, seed=2)
+
+
+@pytest.fixture
+def pretrained_dir(tiny_detr, tmp_path):
     id2label = {0: "circle", 1: "square", 2: "triangle"}
-    torch.manual_seed(0)
-    config = DetrConfig(**settings, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()},
-                        eos_coefficient=1.0)
-    DetrForObjectDetection(config).save_pretrained(folder)
-    return folder
+    model = tiny_detr(id2label=id2label, label2id={v: k for k, v in id2label.items()}, eos_coefficient=1.0)
+    model.save_pretrained(tmp_path / "detr")
+    return tmp_path / "detr"
 
 
-def run_argv(tmp_path, output_dir, batch_size: int, *extra: str) -> list[str]:
-    # seed 2: the two processes' first batches hold 4 and 8 objects
-    data_dir = tiny_coco(tmp_path / "coco", num_train=8, objects_per_image=(1, 4), seed=2)
-    return [*entry_argv(data_dir, output_dir), "--model_name_or_path", str(pretrained_tiny_detr(tmp_path / "detr")),
+def run_argv(data_dir, pretrained_dir, output_dir, batch_size: int, *extra: str) -> list[str]:
+    return [*entry_argv(data_dir, output_dir), "--model_name_or_path", str(pretrained_dir),
             "--per_device_train_batch_size", str(batch_size), "--augment", "false",
             "--train_sampling_strategy", "sequential", "--max_steps", str(STEPS), "--ckpt_store_interval_epochs", "10",
             *extra]
@@ -48,13 +49,14 @@ def first_step_object_counts(data_dir) -> list[int]:
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
-def test_two_processes_with_batch_b_log_the_losses_of_one_with_batch_2b(tmp_path):
+def test_two_processes_with_batch_b_log_the_losses_of_one_with_batch_2b(tmp_path, data_dir, pretrained_dir,
+                                                                       logged_losses):
     single = tmp_path / "single"
-    assert run_in_process(run_argv(tmp_path, single, 4)) == 0
-    counts = first_step_object_counts(tmp_path / "coco")
+    assert run_in_process(run_argv(data_dir, pretrained_dir, single, 4)) == 0
+    counts = first_step_object_counts(data_dir)
     assert counts[0] != counts[1]  # else a per-process box count would pass too
     parallel = tmp_path / "parallel"
-    result = run_two_processes(run_argv(tmp_path, parallel, 2))
+    result = run_two_processes(run_argv(data_dir, pretrained_dir, parallel, 2))
     assert result.returncode == 0, result.stderr[-3000:]
 
     single_losses = logged_losses(single / f"checkpoint-{STEPS}")

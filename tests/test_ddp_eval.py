@@ -9,11 +9,12 @@ lists differ in length too. Gathering those labels across processes is what used
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from entry_runs import entry_argv, run_two_processes, tiny_coco
+from entry_runs import entry_argv, run_two_processes
 
 from detr_ft.evaluation import eval_checkpoints
 
@@ -28,10 +29,10 @@ def object_counts(coco: dict) -> list[int]:
     return [sum(a["image_id"] == image["id"] for a in coco["annotations"]) for image in coco["images"]]
 
 
-def ragged_eval_coco(folder: Path) -> Path:
-    """Synthetic 32 px COCO folder whose training split is validation images 1-2 and training images 0-1."""
-    # seed 2: training images hold 1, 1, 2, 1 objects, validation images 3, 1, 2
-    data_dir = tiny_coco(folder, num_train=4, objects_per_image=(1, 3), seed=2, num_validation=3)
+def ragged_eval_coco(source: Path, folder: Path) -> Path:
+    """A copy of `source` (synthetic 32 px COCO) whose training split is validation images 1-2 and training images
+    0-1."""
+    data_dir = shutil.copytree(source, folder)
     train, validation = read_split(data_dir, "train"), read_split(data_dir, "validation")
     picked = [(validation, image) for image in validation["images"][1:]]
     picked += [(train, image) for image in train["images"][:2]]
@@ -47,8 +48,10 @@ def ragged_eval_coco(folder: Path) -> Path:
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
 @pytest.mark.parametrize("num_buckets", ["1", "0"])
-def test_two_process_evaluation_of_ragged_labels_logs_the_one_process_map(tmp_path, num_buckets):
-    data_dir = ragged_eval_coco(tmp_path / "coco")
+def test_two_process_evaluation_of_ragged_labels_logs_the_one_process_map(tmp_path, num_buckets, synthetic_coco):
+    # seed 2: training images hold 1, 1, 2, 1 objects, validation images 3, 1, 2
+    source = synthetic_coco(num_train=4, num_validation=3, image_size=32, min_objects=1, max_objects=3, seed=2)
+    data_dir = ragged_eval_coco(source, tmp_path / "coco")
     train_max = max(object_counts(read_split(data_dir, "train")))
     evaluation = object_counts(read_split(data_dir, "validation"))
     assert max(evaluation[0:2]) > train_max >= evaluation[2]  # process 0's eval batch in another bucket than 1's

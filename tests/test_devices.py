@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 import run_object_detection
 from detr_ft.data.padding import DetectionCollator
@@ -20,7 +21,7 @@ from detr_ft.model.build import build_model
 from detr_ft.model.static_shapes import use_static_shape_loss
 from detr_ft.train.arguments import parse_arguments
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings, training_arguments
-from detr_ft.train.run_summary import SUMMARY_FILE, graph_compilations, hpu_graph_compilations
+from detr_ft.train.run_summary import SUMMARY_FILE, RunSummaryCallback, graph_compilations, hpu_graph_compilations
 
 LAZY_FLAGS = ["--use_habana", "--use_lazy_mode", "--pad_objects", "--num_buckets", "1"]
 
@@ -137,6 +138,7 @@ def run_entry(dataset_dir: Path, output_dir: Path, *flags: str) -> dict:
     return json.loads((output_dir / SUMMARY_FILE).read_text())
 
 
+@pytest.mark.slow  # an entry run
 def test_bf16_run_trains_under_autocast(synthetic_dir, tmp_path):
     summary = run_entry(synthetic_dir, tmp_path, "--autocast", "--max_steps", "3")
 
@@ -145,6 +147,7 @@ def test_bf16_run_trains_under_autocast(synthetic_dir, tmp_path):
     assert math.isfinite(summary["train_loss"])
 
 
+@pytest.mark.slow  # an entry run
 def test_torch_compile_run_trains_with_the_loss_as_a_graph_break(synthetic_dir, tmp_path):
     """dynamo's eager backend: the capture and graph breaks of --torch_compile, without inductor's slow CPU codegen."""
     summary = run_entry(synthetic_dir, tmp_path, "--torch_compile", "--torch_compile_backend", "eager",
@@ -157,20 +160,49 @@ def test_torch_compile_run_trains_with_the_loss_as_a_graph_break(synthetic_dir, 
     assert 2 <= summary["graph_compilations"]["torch_compile"] < 4 * 2
 
 
-def test_graph_compilations_read_habanas_metric(monkeypatch):
-    """habana_frameworks' metric API as its own tests use it: metric_global(name).stats() -> (name, value) pairs."""
-    class GraphCompilationMetric:
-        def stats(self):
-            return [("TotalNumber", 7), ("TotalTime", 123456), ("AvgTime", 17636)]
+class GraphCompiler:
+    """Stands in for Habana's graph compiler: `compile()` adds a graph to the process-wide `graph_compilation`
+    metric, read as habana_frameworks' own tests read it: metric_global(name).stats() -> (name, value) pairs."""
 
+    def __init__(self, compiled_before: int):
+        self.total, self.seconds = compiled_before, 0.0
+
+    def compile(self) -> None:
+        self.total += 1
+        self.seconds += 0.25
+
+    def stats(self) -> list[tuple[str, float]]:
+        return [("TotalNumber", self.total), ("TotalTime", self.seconds * 1e6),
+                ("AvgTime", self.seconds * 1e6 / max(self.total, 1))]
+
+
+class CompileOnSteps(TrainerCallback):
+    """A new graph at each of `steps` (as a new input shape would compile one)."""
+
+    def __init__(self, compiler: GraphCompiler, steps: set[int]):
+        self.compiler, self.steps = compiler, steps
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 in self.steps:
+            self.compiler.compile()
+
+
+def test_summary_counts_the_hpu_graphs_compiled_during_training(monkeypatch, tmp_path, tiny_trainer):
+    """Graphs compiled before training (model set-up, an earlier run in the process) are not the run's; the count is
+    Habana's TotalNumber, not its times."""
+    compiler = GraphCompiler(compiled_before=5)
     metrics = types.ModuleType("habana_frameworks.torch.hpu.metrics")
-    metrics.metric_global = lambda name: GraphCompilationMetric() if name == "graph_compilation" else None
+    metrics.metric_global = lambda name: compiler if name == "graph_compilation" else None
     for name in ("habana_frameworks", "habana_frameworks.torch", "habana_frameworks.torch.hpu"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "habana_frameworks.torch.hpu.metrics", metrics)
+    summary = RunSummaryCallback(tmp_path, "hpu", [4], 64, "fp32")
+    trainer = tiny_trainer(tmp_path, max_steps=4, callbacks=[CompileOnSteps(compiler, {1, 3}), summary])
 
-    assert hpu_graph_compilations() == 7
-    assert graph_compilations()["hpu"] == 7
+    trainer.train()
+
+    assert compiler.total == 7
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text())["graph_compilations"] == {"hpu": 2}
 
 
 def test_graph_compilations_without_habana_count_only_torch_compile():

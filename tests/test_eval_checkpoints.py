@@ -22,6 +22,8 @@ from detr_ft.data.prepare import prepare_data
 from detr_ft.evaluation import eval_checkpoints, inference
 from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
+pytestmark = pytest.mark.slow  # the shared entry run (trained_run), then evaluations of it
+
 STEPS = [6, 12, 18]  # 48 images, batch 8: 6 steps an epoch, a checkpoint each epoch
 RUN_OUTPUTS = ("checkpoint_metrics.json", "checkpoint_metrics.csv", "map_vs_epoch.png")
 

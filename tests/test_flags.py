@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from entry_runs import REPO, entry_argv, run_in_process, tiny_coco
+from entry_runs import REPO, entry_argv, run_in_process
 
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
 from detr_ft.train.arguments import parse_arguments, user_set_flags
@@ -30,8 +30,8 @@ def no_model(monkeypatch):
 
 
 @pytest.fixture
-def data_dir(tmp_path_factory):
-    return tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco")
+def data_dir(tiny_coco):
+    return tiny_coco
 
 
 @pytest.mark.parametrize(("flags", "named"), [

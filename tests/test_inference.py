@@ -17,6 +17,8 @@ from transformers import pipeline
 from detr_ft.data.synthetic import draw_shape
 from detr_ft.evaluation import inference
 
+pytestmark = pytest.mark.slow  # the shared entry run (trained_run)
+
 
 def infer(model_path: Path, output_dir: Path, *args: str) -> Path:
     assert inference.main(["--model_path", str(model_path), "--output_dir", str(output_dir), *args]) == 0

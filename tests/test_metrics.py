@@ -186,3 +186,53 @@ def test_postprocess_logits_matches_transformers_detr_post_processing() -> None:
         torch.testing.assert_close(image_result[:, 0], expected["scores"])
         torch.testing.assert_close(image_result[:, 1].long(), expected["labels"])
         torch.testing.assert_close(center_to_corners_format(image_result[:, 2:]), expected["boxes"])
+
+
+COCO_MAP_METRIC = Path(__file__).resolve().parent.parent / "detr_ft" / "evaluation" / "coco_map_metric"
+
+
+def image_rows(coco_gt: dict, detections: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The `evaluate` module's inputs: one prediction row and one reference row per image."""
+    predictions = {image["id"]: {"image_id": image["id"], "boxes": [], "scores": [], "category_ids": []}
+                   for image in coco_gt["images"]}
+    references = {image["id"]: {"image_id": image["id"], "boxes": [], "category_ids": [], "areas": [], "iscrowd": []}
+                  for image in coco_gt["images"]}
+    for detection in detections:
+        row = predictions[detection["image_id"]]
+        row["boxes"].append(detection["bbox"])
+        row["scores"].append(detection["score"])
+        row["category_ids"].append(detection["category_id"])
+    for annotation in coco_gt["annotations"]:
+        row = references[annotation["image_id"]]
+        row["boxes"].append(annotation["bbox"])
+        row["category_ids"].append(annotation["category_id"])
+        row["areas"].append(annotation["area"])
+        row["iscrowd"].append(annotation["iscrowd"])
+    return list(predictions.values()), list(references.values())
+
+
+def test_evaluate_module_loads_offline_by_path_and_equals_pycocotools(monkeypatch) -> None:
+    """`evaluate.load(<folder>)` with the network cut: no hub script, no download; the numbers are coco_map's."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the evaluate module reached for the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    import evaluate
+
+    metric = evaluate.load(str(COCO_MAP_METRIC))
+    rng = np.random.default_rng(2)
+    coco_gt = synthetic_coco_gt(rng)
+    detections = noisy_detections(coco_gt, rng, false_positives_per_image=5)
+    predictions, references = image_rows(coco_gt, detections)
+    half = len(predictions) // 2
+    metric.add_batch(predictions=predictions[:half], references=references[:half])
+    metric.add_batch(predictions=predictions[half:], references=references[half:])
+
+    ours = metric.compute(categories=coco_gt["categories"])
+    assert_same_metrics(ours, coco_map_pycocotools(coco_gt, detections))
+    assert ours["map_never_seen"] == -1.0 and 0.05 < ours["map"] < 0.95

@@ -6,12 +6,14 @@ import logging
 
 import pytest
 import torch
-from entry_runs import entry_argv, logged_losses, run_in_process, tiny_coco
+from entry_runs import entry_argv, run_in_process
 from transformers import DetrForObjectDetection
 
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.train.checkpoints import COMPLETE_MARKER
 from detr_ft.train.nonfinite_guard import NONFINITE_FILE
+
+pytestmark = pytest.mark.slow  # entry runs
 
 POISONED_IMAGE = 2  # with sequential sampling, batches are images [0, 1] then [2, 3]: its 2nd fetch is step 4
 
@@ -33,18 +35,14 @@ def nan_image_in_epoch_two(monkeypatch):
     monkeypatch.setattr(DetectionDataset, "__getitem__", getitem)
 
 
-def argv_for(tmp_path, tmp_path_factory, *extra):
-    return entry_argv(tiny_data(tmp_path_factory), tmp_path, "--train_sampling_strategy", "sequential", *extra)
+def argv_for(tmp_path, tiny_coco, *extra):
+    return entry_argv(tiny_coco, tmp_path, "--train_sampling_strategy", "sequential", *extra)
 
 
-def tiny_data(tmp_path_factory):
-    return tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco")
-
-
-def test_nan_loss_stops_at_its_step_naming_the_images(tmp_path, tmp_path_factory, nan_image_in_epoch_two, caplog):
+def test_nan_loss_stops_at_its_step_naming_the_images(tmp_path, tiny_coco, nan_image_in_epoch_two, caplog):
     with caplog.at_level(logging.ERROR):
-        assert run_in_process(argv_for(tmp_path, tmp_path_factory)) == 3
-    images = json.loads((tiny_data(tmp_path_factory) / "annotations" / "train.json").read_text())["images"]
+        assert run_in_process(argv_for(tmp_path, tiny_coco)) == 3
+    images = json.loads((tiny_coco / "annotations" / "train.json").read_text())["images"]
     assert "non-finite training loss at step 4" in caplog.text
     assert f"2 ({images[2]['file_name']}), 3 ({images[3]['file_name']})" in caplog.text
 
@@ -54,8 +52,8 @@ def test_nan_loss_stops_at_its_step_naming_the_images(tmp_path, tmp_path_factory
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
 
 
-def test_skip_nonfinite_batches_skips_and_counts(tmp_path, tmp_path_factory, nan_image_in_epoch_two):
-    assert run_in_process(argv_for(tmp_path, tmp_path_factory, "--skip_nonfinite_batches")) == 0
+def test_skip_nonfinite_batches_skips_and_counts(tmp_path, tiny_coco, nan_image_in_epoch_two, logged_losses):
+    assert run_in_process(argv_for(tmp_path, tiny_coco, "--skip_nonfinite_batches")) == 0
 
     assert json.loads((tmp_path / NONFINITE_FILE).read_text()) == [{"step": 4, "images": [2, 3]}]
     losses = dict(logged_losses(tmp_path / "checkpoint-4"))

@@ -10,19 +10,12 @@ import time
 
 import pytest
 import torch
-from entry_runs import (
-    entry_argv,
-    entry_command,
-    eval_records,
-    final_weights,
-    logged_losses,
-    reference_run,
-    run_in_process,
-    tiny_coco,
-)
+from entry_runs import entry_argv, entry_command, eval_records, final_weights, run_in_process
 
 from detr_ft.train.checkpoints import COMPLETE_MARKER
 from detr_ft.train.run_summary import SUMMARY_FILE
+
+pytestmark = pytest.mark.slow  # entry runs, one in a subprocess
 
 
 def kill_after_checkpoint(command: list[str], marker, timeout: float = 300.0) -> int:
@@ -39,10 +32,9 @@ def summary(run_dir):
     return json.loads((run_dir / SUMMARY_FILE).read_text())
 
 
-@pytest.mark.slow
-def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(tmp_path, tmp_path_factory):
-    reference = reference_run(tmp_path_factory)
-    argv = entry_argv(tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco"), tmp_path)
+def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_coco, reference_run, logged_losses):
+    reference = reference_run
+    argv = entry_argv(tiny_coco, tmp_path)
 
     assert kill_after_checkpoint(entry_command(argv), tmp_path / "checkpoint-2" / COMPLETE_MARKER) == -signal.SIGKILL
     assert not (tmp_path / "checkpoint-4" / COMPLETE_MARKER).exists()  # killed mid-run, not after it
@@ -62,13 +54,11 @@ def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(tmp_path, tmp
     assert summary(tmp_path)["host_syncs_per_step"] == summary(reference)["host_syncs_per_step"] is not None
 
 
-@pytest.mark.slow
-def test_rerun_after_the_final_save_failed_keeps_the_run_summary(tmp_path, tmp_path_factory):
-    reference = reference_run(tmp_path_factory)
-    run_dir = shutil.copytree(reference, tmp_path / "run")
+def test_rerun_after_the_final_save_failed_keeps_the_run_summary(tmp_path, tiny_coco, reference_run):
+    run_dir = shutil.copytree(reference_run, tmp_path / "run")
     (run_dir / "model.safetensors").unlink()  # the final save failed (a full disk); every checkpoint is complete
 
-    assert run_in_process(entry_argv(tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco"), run_dir)) == 0
+    assert run_in_process(entry_argv(tiny_coco, run_dir)) == 0
 
-    assert summary(run_dir) == summary(reference)  # not train_loss 0.0, samples/s 0.0 from a run of no step
+    assert summary(run_dir) == summary(reference_run)  # not train_loss 0.0, samples/s 0.0 from a run of no step
     assert (run_dir / "model.safetensors").exists()

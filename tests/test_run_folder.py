@@ -11,21 +11,21 @@ import subprocess
 import sys
 
 import pytest
-from entry_runs import REPO, entry_argv, reference_run, run_in_process, tiny_coco
+from entry_runs import REPO, entry_argv, run_in_process
 
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
 from detr_ft.train.run_folder import LOCK_FILE, RunFolderError, differing_flags, lock_run_folder
 
 
 @pytest.fixture
-def data_dir(tmp_path_factory):
-    return tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco")
+def data_dir(tiny_coco):
+    return tiny_coco
 
 
 @pytest.fixture
-def earlier_run(tmp_path, tmp_path_factory):
+def earlier_run(tmp_path, reference_run):
     """A copy of a finished tiny run (checkpoint-2, checkpoint-4, final model, run_args.json)."""
-    return shutil.copytree(reference_run(tmp_path_factory), tmp_path / "run")
+    return shutil.copytree(reference_run, tmp_path / "run")
 
 
 @pytest.mark.slow

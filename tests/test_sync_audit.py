@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
-from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+from transformers import DetrForObjectDetection
 
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.loss import padded_detr_loss
@@ -17,16 +17,10 @@ from patches import detr_encoder_sync, detr_mask_sync
 ENCODER_LAYERS, DECODER_LAYERS = 6, 2
 
 
-def tiny_detr(seed: int = 0) -> DetrForObjectDetection:
-    torch.manual_seed(seed)
-    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], out_features=["stage2"])
-    config = DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=32,
-        encoder_layers=ENCODER_LAYERS, decoder_layers=DECODER_LAYERS, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_labels=5,
-        auxiliary_loss=True,
-    )
-    return DetrForObjectDetection(config).train()
+@pytest.fixture
+def stock_detr(tiny_detr):
+    """`stock_detr()`: the same random DETR (auxiliary loss on) each call, in training mode, unpatched."""
+    return lambda: tiny_detr(num_labels=5, encoder_layers=ENCODER_LAYERS, decoder_layers=DECODER_LAYERS).train()
 
 
 def patched(model: DetrForObjectDetection) -> DetrForObjectDetection:
@@ -55,15 +49,15 @@ def count_training_step_syncs(model: DetrForObjectDetection, batch: dict) -> Hos
     return counter
 
 
-def test_stock_training_step_has_many_syncs():
-    counter = count_training_step_syncs(tiny_detr(), make_batch())
+def test_stock_training_step_has_many_syncs(stock_detr):
+    counter = count_training_step_syncs(stock_detr(), make_batch())
     # >= one isfinite check per encoder layer, the loss' .item(), one .cpu() per matched decoder layer, more
     assert counter.count >= 14, counter.by_op
     assert counter.by_op["Tensor.cpu"] == DECODER_LAYERS
 
 
-def test_patched_training_step_has_one_sync():
-    model = patched(tiny_detr())
+def test_patched_training_step_has_one_sync(stock_detr):
+    model = patched(stock_detr())
     model.loss_function = padded_detr_loss
     batch = make_batch()
     batch["labels"] = DetectionCollator(bucket_sizes=[4]).targets(batch["labels"])
@@ -72,10 +66,10 @@ def test_patched_training_step_has_one_sync():
 
 
 @pytest.mark.parametrize("padded_width", [40, 64], ids=["padded", "unpadded"])
-def test_patches_keep_training_outputs(padded_width):
+def test_patches_keep_training_outputs(stock_detr, padded_width):
     batch = make_batch(padded_width)
     results = []
-    for model in (tiny_detr(), patched(tiny_detr())):
+    for model in (stock_detr(), patched(stock_detr())):
         torch.manual_seed(1)  # same dropout masks for both
         outputs = model(**batch)
         outputs.loss.backward()
@@ -88,12 +82,12 @@ def test_patches_keep_training_outputs(padded_width):
             torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-6)
 
 
-def test_patched_encoder_layer_clamps_overflow_like_stock():
-    model = tiny_detr()
+def test_patched_encoder_layer_clamps_overflow_like_stock(stock_detr):
+    model = stock_detr()
     layer = model.model.encoder.layers[0]
     with torch.no_grad():
         layer.final_layer_norm.bias[0] = float("inf")
-    hidden_states = torch.randn(2, 16, 32)  # (B, HW, d)
+    hidden_states = torch.randn(2, 16, model.config.d_model)  # (B, HW, d)
     torch.manual_seed(1)
     stock = layer(hidden_states, None)
     detr_encoder_sync.patch_model(model)

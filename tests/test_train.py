@@ -5,6 +5,9 @@ import json
 import pytest
 
 import run_object_detection
+from detr_ft.train.checkpoints import all_checkpoints
+
+pytestmark = pytest.mark.slow  # entry runs
 
 TINY = ["--model_name_or_path", "detr-tiny", "--image_size", "64", "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", "8", "--report_to", "none", "--seed", "0", "--learning_rate", "3e-4",
@@ -17,11 +20,10 @@ def train(tmp_path, name, *args):
     return output_dir
 
 
-def logged_losses(output_dir):
-    """Losses logged by the Trainer, from the last checkpoint's trainer_state.json."""
-    last = max(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    state = json.loads((last / "trainer_state.json").read_text())
-    return [float(entry["loss"]) for entry in state["log_history"] if "loss" in entry]
+@pytest.fixture(scope="module")
+def run_losses(logged_losses):
+    """Losses a run logged, in step order, from its last checkpoint's trainer_state.json."""
+    return lambda output_dir: [loss for _, loss in logged_losses(all_checkpoints(output_dir)[-1])]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,8 @@ def padded_run(synthetic_dir, tmp_path_factory):
                  "2", "--logging_steps", "1", "--save_total_limit", "5", "--check_finite_loss", "false")
 
 
-def test_tiny_detr_trains_and_its_loss_falls(padded_run):
-    losses = logged_losses(padded_run)
+def test_tiny_detr_trains_and_its_loss_falls(padded_run, run_losses):
+    losses = run_losses(padded_run)
     assert len(losses) == 48
     assert sum(losses[-8:]) / 8 < 0.9 * sum(losses[:8]) / 8
 
@@ -65,7 +67,7 @@ def test_final_model_is_a_loadable_hf_folder(padded_run):
     assert (padded_run / "preprocessor_config.json").exists()
 
 
-def test_buckets_do_not_change_the_loss(synthetic_dir, tmp_path):
+def test_buckets_do_not_change_the_loss(synthetic_dir, tmp_path, run_losses):
     """--num_buckets 0 (stock targets, transformers' loss) and 1 (padded targets, ours): the same run, to rounding.
 
     The tight proof is per step, on the same weights (test_buckets_equivalence.py); here, the entry wires both paths
@@ -76,8 +78,8 @@ def test_buckets_do_not_change_the_loss(synthetic_dir, tmp_path):
     """
     common = ["--dataset_dir", str(synthetic_dir), "--pad_images", "--pad_objects", "--deterministic",
               "--max_steps", "3", "--logging_steps", "1", "--ckpt_store_interval_epochs", "1"]
-    stock = logged_losses(train(tmp_path, "stock", *common, "--num_buckets", "0"))
-    padded = logged_losses(train(tmp_path, "padded", *common, "--num_buckets", "1"))
+    stock = run_losses(train(tmp_path, "stock", *common, "--num_buckets", "0"))
+    padded = run_losses(train(tmp_path, "padded", *common, "--num_buckets", "1"))
     assert len(stock) == len(padded) == 3
     for a, b in zip(stock, padded, strict=True):
         assert abs(a - b) <= 1e-5 * abs(a)

@@ -13,36 +13,12 @@ import torch
 pytest.importorskip("optimum.habana", reason="optimum-habana lives in .venv-gaudi (see requirements-gaudi.txt)")
 
 from optimum.habana import GaudiConfig, GaudiTrainer, GaudiTrainingArguments  # noqa: E402
-from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig  # noqa: E402
 
 from detr_ft.evaluation.loop import EVAL_IGNORE_KEYS  # noqa: E402
 from patches import apply_patches  # noqa: E402
 
 IMAGE_SIZE = 64
 NUM_LABELS = 3
-NUM_QUERIES = 10
-
-
-def tiny_detr() -> DetrForObjectDetection:
-    torch.manual_seed(0)
-    backbone_config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], out_features=["stage2"])
-    config = DetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone=None,
-        backbone_config=backbone_config,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        num_queries=NUM_QUERIES,
-        num_labels=NUM_LABELS,
-        auxiliary_loss=True,
-    )
-    return DetrForObjectDetection(config)
 
 
 class RandomBoxesDataset(torch.utils.data.Dataset):
@@ -75,12 +51,11 @@ def collate(examples: list[dict]) -> dict:
     return {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "labels": [ex["labels"] for ex in examples]}
 
 
-def gaudi_trainer(**kwargs) -> GaudiTrainer:
+def gaudi_trainer(model: torch.nn.Module, **kwargs) -> GaudiTrainer:
     """GaudiTrainer off Gaudi, as `--trainer gaudi` builds it: use_habana and lazy mode off, no fused ops."""
     args = GaudiTrainingArguments(use_habana=False, use_cpu=True, use_lazy_mode=False, per_device_eval_batch_size=2,
                                   report_to=[], remove_unused_columns=False, **kwargs)
     gaudi_config = GaudiConfig(use_fused_adam=False, use_fused_clip_norm=False, use_torch_autocast=False)
-    model = tiny_detr()
     apply_patches(model, static_shapes=False)  # the stock loss needs patches/habana_detr_loss.py under Gaudi's adapt
     return GaudiTrainer(model=model, args=args, gaudi_config=gaudi_config,
                         eval_dataset=RandomBoxesDataset(4, seed=1), data_collator=collate,
@@ -99,8 +74,8 @@ def keep_class_logits_and_boxes(outputs: tuple[torch.Tensor, ...], labels: list[
     reason="optimum-habana 1.21.2 evaluation_loop: convert_into_dtypes rejects the list eval_do_concat_batches=False "
     "builds; when this passes after an upgrade, drop the workaround",
 )
-def test_gaudi_trainer_evaluate_without_concatenating_batches(tmp_path: Path) -> None:
-    trainer = gaudi_trainer(output_dir=str(tmp_path), eval_do_concat_batches=False)
+def test_gaudi_trainer_evaluate_without_concatenating_batches(tmp_path: Path, tiny_detr) -> None:
+    trainer = gaudi_trainer(tiny_detr(num_labels=NUM_LABELS), output_dir=str(tmp_path), eval_do_concat_batches=False)
 
     metrics = trainer.evaluate(ignore_keys=EVAL_IGNORE_KEYS)
 

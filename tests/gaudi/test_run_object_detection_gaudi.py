@@ -13,9 +13,10 @@ import pytest
 pytest.importorskip("optimum.habana", reason="optimum-habana lives in .venv-gaudi (see requirements-gaudi.txt)")
 
 import run_object_detection  # noqa: E402
-from detr_ft.data.synthetic import write_synthetic_coco  # noqa: E402
 from detr_ft.train.map_history import read_history  # noqa: E402
 from detr_ft.train.run_summary import SUMMARY_FILE  # noqa: E402
+
+pytestmark = pytest.mark.slow  # an entry run
 
 MAX_STEPS = 6
 BATCH_SIZE = 8
@@ -23,9 +24,8 @@ NUM_TRAIN = 48  # one epoch = 6 steps: one evaluation and one checkpoint, at the
 
 
 @pytest.fixture(scope="module")
-def gaudi_run(tmp_path_factory) -> Path:
-    dataset_dir = write_synthetic_coco(tmp_path_factory.mktemp("synthetic"), num_train=NUM_TRAIN, num_validation=16,
-                                       image_size=64, seed=0)
+def gaudi_run(synthetic_coco, tmp_path_factory) -> Path:
+    dataset_dir = synthetic_coco(num_train=NUM_TRAIN, num_validation=16, image_size=64, seed=0)
     output_dir = tmp_path_factory.mktemp("run")
     status = run_object_detection.main([
         "--trainer", "gaudi", "--device", "cpu", "--model_name_or_path", "detr-tiny",
