@@ -93,6 +93,16 @@ def tiny_detr():
     return model
 
 
+ENCODER_LAYERS, DECODER_LAYERS = 6, 2  # stock_detr's
+
+
+@pytest.fixture
+def stock_detr(tiny_detr):
+    """`stock_detr()`: the same random DETR with DETR-R50's 6 encoder layers (the host reads scale with them), 2
+    decoder layers and auxiliary loss, in training mode, unpatched: the model of the host-sync and patch tests."""
+    return lambda: tiny_detr(num_labels=5, encoder_layers=ENCODER_LAYERS, decoder_layers=DECODER_LAYERS).train()
+
+
 class TinyRegression(nn.Module):
     """A linear model with a Trainer-shaped output: for tests of the Trainer's machinery, not of DETR."""
 

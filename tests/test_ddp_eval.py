@@ -46,6 +46,7 @@ def ragged_eval_coco(source: Path, folder: Path) -> Path:
     return data_dir
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
 @pytest.mark.parametrize("num_buckets", ["1", "0"])
 def test_two_process_evaluation_of_ragged_labels_logs_the_one_process_map(tmp_path, num_buckets, synthetic_coco):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
-from test_sync_audit import make_batch, patched, tiny_detr
+from test_sync_audit import make_batch, patched
 from test_train import train
 from torch import Tensor
 
@@ -146,15 +146,15 @@ def test_few_steps_leave_problems_incomplete_and_the_matcher_finishes_them_on_th
     assert counter.count == 2, counter.by_op  # the flag read, then the host solve's one copy
 
 
-def tiny_batch() -> tuple:
-    model = patched(tiny_detr())
+def tiny_batch(stock_detr) -> tuple:
+    model = patched(stock_detr())
     batch = make_batch()
     batch["labels"] = DetectionCollator(bucket_sizes=[4]).targets(batch["labels"])
     return model, batch
 
 
-def test_training_step_with_device_matcher_reads_nothing_on_the_host():
-    model, batch = tiny_batch()
+def test_training_step_with_device_matcher_reads_nothing_on_the_host(stock_detr):
+    model, batch = tiny_batch(stock_detr)
     use_static_shape_loss(model, DeviceMatcher())
     torch.manual_seed(1)  # the same dropout masks in both forwards
     with HostSyncCounter() as counter:
@@ -167,8 +167,8 @@ def test_training_step_with_device_matcher_reads_nothing_on_the_host():
 
 
 @pytest.mark.slow
-def test_forward_and_loss_compile_into_one_graph_with_device_matcher():
-    model, batch = tiny_batch()
+def test_forward_and_loss_compile_into_one_graph_with_device_matcher(stock_detr):
+    model, batch = tiny_batch(stock_detr)
     use_static_shape_loss(model, DeviceMatcher())
     model.eval()  # no dropout: the same forward twice
     expected = model(**batch).loss

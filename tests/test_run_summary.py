@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from torch.overrides import _get_current_function_mode_stack
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 from transformers import TrainerCallback
@@ -58,14 +57,16 @@ def test_audited_step_that_raises_leaves_no_torch_mode_active(tmp_path, tiny_tra
 
 
 class ReadsTheDevice(TrainerCallback):
-    """`reads` host reads (`.item()`) at the start of every step, after the summary's hook has started the audit."""
+    """`reads` host reads (`.item()` of a parameter, a device tensor) at the start of every step, after the summary's
+    hook has started the audit. (A tensor made on the host, `torch.ones(2)`, would not count: no device sync.)"""
 
     def __init__(self, reads: int):
         self.reads = reads
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        parameter = next(model.parameters())
         for _ in range(self.reads):
-            torch.ones(2).sum().item()
+            parameter.sum().item()
 
 
 @pytest.mark.parametrize("max_steps", [2, 4])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import DECODER_LAYERS, ENCODER_LAYERS
 from scipy.optimize import linear_sum_assignment
 from transformers import DetrForObjectDetection
 
@@ -13,14 +14,6 @@ from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.loss import padded_detr_loss
 from detr_ft.train.sync_audit import HostSyncCounter
 from patches import detr_encoder_sync, detr_mask_sync
-
-ENCODER_LAYERS, DECODER_LAYERS = 6, 2
-
-
-@pytest.fixture
-def stock_detr(tiny_detr):
-    """`stock_detr()`: the same random DETR (auxiliary loss on) each call, in training mode, unpatched."""
-    return lambda: tiny_detr(num_labels=5, encoder_layers=ENCODER_LAYERS, decoder_layers=DECODER_LAYERS).train()
 
 
 def patched(model: DetrForObjectDetection) -> DetrForObjectDetection:
