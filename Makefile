@@ -73,7 +73,8 @@ infer: $(VENV)/.installed
 	$(PY) -m detr_ft.evaluation.inference --model_path $(MODEL) --output_dir $(INFER_DIR) \
 		$(if $(IMAGES),--images_dir $(IMAGES)) $(ARGS)
 
-test-main: $(VENV)/.installed
+# The Gaudi venv too: the bench test runs make bench's Gaudi-stack sync count in it (skipped without it).
+test-main: $(VENV)/.installed $(GAUDI_VENV)/.installed
 	$(PY) -m pytest tests --ignore=tests/gaudi -q $(PYTEST_ARGS)
 
 # The Gaudi code path through the real optimum-habana GaudiTrainer, on CPU (tests/habana_stub stands in for
