@@ -23,6 +23,7 @@ import importlib.util
 import logging
 import types
 import warnings
+from collections.abc import Callable
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -63,6 +64,14 @@ def apply_patch(name: str, module: types.ModuleType, patch, expected: int) -> st
         raise PatchMismatchError(f"patches.{name} patched {patched} modules, expected {expected}: the upstream code it "
                                  "targets has changed; update or delete the patch")
     return name
+
+
+def swap_forward(model: nn.Module, module_type: type[nn.Module], forward: Callable) -> int:
+    """Bind `forward` as the forward of every `module_type` instance in `model` (idempotent); returns how many."""
+    modules = [module for module in model.modules() if isinstance(module, module_type)]
+    for module in modules:
+        module.forward = types.MethodType(forward, module)
+    return len(modules)
 
 
 def apply_patches(

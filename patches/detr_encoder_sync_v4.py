@@ -9,21 +9,18 @@ Upstream: not reported as of transformers 4.55.4 (the check comes from BART's en
 stack's move to transformers 5.x; the rest of the forward is 4.55.4's, keep it in step.
 """
 
-import types
-
 import torch
 from torch import nn
 from transformers.models.detr.modeling_detr import DetrEncoderLayer
+
+from patches import swap_forward
 
 TESTED = {"transformers": ("==4.55.*",)}
 
 
 def patch_model(model: nn.Module) -> int:
     """Swap the forward of every DetrEncoderLayer in `model` (idempotent); returns how many layers it patched."""
-    layers = [module for module in model.modules() if isinstance(module, DetrEncoderLayer)]
-    for layer in layers:
-        layer.forward = types.MethodType(forward_without_sync, layer)
-    return len(layers)
+    return swap_forward(model, DetrEncoderLayer, forward_without_sync)
 
 
 def forward_without_sync(

@@ -11,21 +11,18 @@ Upstream: optimum-habana 1.21.2 still carries the workaround. Delete when it doe
 transformers 5.x (no DetrConvModel there).
 """
 
-import types
-
 import torch
 from torch import nn
 from transformers.models.detr.modeling_detr import DetrConvModel
+
+from patches import swap_forward
 
 TESTED = {"transformers": ("==4.55.*",), "optimum-habana": ("==1.21.*",)}
 
 
 def patch_model(model: nn.Module) -> int:
     """Give every DetrConvModel in `model` transformers' forward (idempotent); returns how many it patched."""
-    modules = [module for module in model.modules() if isinstance(module, DetrConvModel)]
-    for module in modules:
-        module.forward = types.MethodType(forward_on_device, module)
-    return len(modules)
+    return swap_forward(model, DetrConvModel, forward_on_device)
 
 
 def forward_on_device(
