@@ -7,13 +7,14 @@ import logging
 import pytest
 import torch
 from entry_runs import entry_argv, run_in_process
-from transformers import DetrForObjectDetection
+from torch import nn
+from transformers import DetrForObjectDetection, TrainerControl, TrainerState, TrainingArguments
 
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.train.checkpoints import COMPLETE_MARKER
-from detr_ft.train.nonfinite_guard import NONFINITE_FILE
+from detr_ft.train.nonfinite_guard import NONFINITE_FILE, NonFiniteLossGuard
 
-pytestmark = pytest.mark.slow  # entry runs
+slow = pytest.mark.slow  # entry runs
 
 POISONED_IMAGE = 2  # with sequential sampling, batches are images [0, 1] then [2, 3]: its 2nd fetch is step 4
 
@@ -39,6 +40,7 @@ def argv_for(tmp_path, tiny_coco, *extra):
     return entry_argv(tiny_coco, tmp_path, "--train_sampling_strategy", "sequential", *extra)
 
 
+@slow
 def test_nan_loss_stops_at_its_step_naming_the_images(tmp_path, tiny_coco, nan_image_in_epoch_two, caplog):
     with caplog.at_level(logging.ERROR):
         assert run_in_process(argv_for(tmp_path, tiny_coco)) == 3
@@ -52,6 +54,7 @@ def test_nan_loss_stops_at_its_step_naming_the_images(tmp_path, tiny_coco, nan_i
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
 
 
+@slow
 def test_skip_nonfinite_batches_skips_and_counts(tmp_path, tiny_coco, nan_image_in_epoch_two, logged_losses):
     assert run_in_process(argv_for(tmp_path, tiny_coco, "--skip_nonfinite_batches")) == 0
 
@@ -63,3 +66,37 @@ def test_skip_nonfinite_batches_skips_and_counts(tmp_path, tiny_coco, nan_image_
     history = json.loads((tmp_path / "eval_history.json").read_text())
     assert [r["step"] for r in history] == [2, 4] and all(torch.isfinite(torch.tensor(r["metrics"]["loss"]))
                                                           for r in history)
+
+
+def test_skip_keeps_the_gradient_tensors_and_leaves_weights_moments_and_buffers(tmp_path):
+    """The skip zeroes the gradients in place (HPU graphs keep writing into those tensors) and skips that one
+    optimizer step; the step after it is an ordinary one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(8, 3)).square().mean().backward()
+    optimizer.step()  # moments and a step count to keep
+    guard = NonFiniteLossGuard(tmp_path, skip=True)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    state, control = TrainerState(), TrainerControl()
+    guard.on_step_begin(args, state, control, model=model)
+
+    loss = guard.wrap(lambda *_: (model(torch.full((8, 3), float("nan"))).sum(), {}, None))(None, {
+        "image_index": torch.tensor([5, 6])})[0]
+    loss.backward()
+    gradients = [p.grad for p in model.parameters()]
+    weights = [p.detach().clone() for p in model.parameters()]
+    moments = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items()}
+    guard.on_pre_optimizer_step(args, state, control, model=model, optimizer=optimizer)
+    optimizer.step()
+
+    assert all(p.grad is g and not g.any() for p, g in zip(model.parameters(), gradients, strict=True))
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights, strict=True))
+    assert all(torch.equal(optimizer.state_dict()["state"][0][k], v) for k, v in moments.items())
+    assert torch.isfinite(model[1].running_mean).all()  # the NaN forward's statistics were put back
+    assert json.loads((tmp_path / NONFINITE_FILE).read_text()) == [{"step": 1, "images": [5, 6]}]
+
+    model(torch.randn(8, 3)).square().mean().backward()
+    optimizer.step()
+    assert int(optimizer.state_dict()["state"][0]["step"]) == 2  # stepping again after the skipped one
+    assert not all(torch.equal(p, w) for p, w in zip(model.parameters(), weights, strict=True))

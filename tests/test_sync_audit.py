@@ -12,6 +12,7 @@ from transformers import DetrForObjectDetection
 
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.loss import padded_detr_loss
+from detr_ft.model.pure_forward import loss_from_outputs, use_pure_forward
 from detr_ft.train.sync_audit import HostSyncCounter
 from patches import detr_encoder_sync, detr_mask_sync
 
@@ -56,6 +57,21 @@ def test_patched_training_step_has_one_sync(stock_detr):
     batch["labels"] = DetectionCollator(bucket_sizes=[4]).targets(batch["labels"])
     counter = count_training_step_syncs(model, batch)
     assert dict(counter.by_op) == {"Tensor.cpu": 1}
+
+
+def test_label_free_forward_reads_nothing_and_the_loss_once(stock_detr):
+    """The forward the trainer calls (and HPU graphs cache) has no host read; the matcher's copy is in the loss."""
+    model = patched(stock_detr())
+    model.loss_function = padded_detr_loss
+    use_pure_forward(model)
+    batch = make_batch()
+    labels = DetectionCollator(bucket_sizes=[4]).targets(batch.pop("labels"))
+    with HostSyncCounter() as forward_counter:
+        outputs = model(**batch)
+    with HostSyncCounter() as loss_counter:
+        loss_from_outputs(model, outputs, labels)[0].backward()
+    assert forward_counter.count == 0, forward_counter.by_op
+    assert dict(loss_counter.by_op) == {"Tensor.cpu": 1}
 
 
 @pytest.mark.parametrize("padded_width", [40, 64], ids=["padded", "unpadded"])

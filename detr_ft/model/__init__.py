@@ -6,4 +6,5 @@
     matcher.py     Hungarian matching of queries to padded targets
     loss.py        where the loss is: DETR's set-prediction loss on padded targets
     static_shapes.py  switch a model to that loss and to the sync-free forward patches
+    pure_forward.py   the forward without the loss, and the loss from its outputs (two calls, not one)
 """

@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from detr_ft.train.arguments import DeviceArguments
+from detr_ft.train.trainer_loss import LossFromOutputs
 
 
 class DeviceSettingsError(ValueError):
@@ -77,14 +78,22 @@ def training_arguments(device_type: str, device: DeviceArguments, training: Trai
     })
 
 
+class DetrTrainer(LossFromOutputs, Trainer):
+    """transformers' Trainer computing the loss from a label-free forward (detr_ft/train/trainer_loss.py)."""
+
+
 def build_trainer(device: DeviceArguments, args: TrainingArguments, **trainer_kwargs) -> Trainer:
-    """The trainer that goes with `args`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...)."""
+    """The trainer that goes with `args`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...).
+    Both compute the loss outside the model's forward (`LossFromOutputs`)."""
     if type(args) is TrainingArguments:
-        return Trainer(args=args, **trainer_kwargs)
+        return DetrTrainer(args=args, **trainer_kwargs)
     from optimum.habana import GaudiConfig, GaudiTrainer
+
+    class DetrGaudiTrainer(LossFromOutputs, GaudiTrainer):
+        """optimum-habana's GaudiTrainer computing the loss from a label-free forward."""
 
     # GaudiTrainer calls GaudiConfig.from_pretrained(None) unless it gets an object: always pass one.
     on_hpu = args.use_habana
     gaudi_config = (GaudiConfig.from_pretrained(device.gaudi_config_name) if device.gaudi_config_name
                     else GaudiConfig(use_fused_adam=on_hpu, use_fused_clip_norm=on_hpu, use_torch_autocast=args.bf16))
-    return GaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)
+    return DetrGaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)

@@ -1,16 +1,17 @@
 """Catch a non-finite loss at the optimizer step it happens in, before the update reaches the weights.
 
-`NonFiniteLossGuard` wraps the model's loss function: every training forward (grad enabled; evaluation runs without)
+`NonFiniteLossGuard` wraps the model's loss function: every training loss (grad enabled; evaluation runs without)
 keeps `isfinite(loss)` on the device, with the batch's labels, no host sync. Just before the optimizer step the guard,
 also a TrainerCallback, reads one bool on the host, "some loss of this step was not finite", summed over processes so
 that all of them decide alike. Then:
 
 - stop (default): raise `NonFiniteLossError` naming the step and the batch's images. The update is never applied and
   nothing more is saved: the last complete checkpoint stays as it was, and rerunning the command resumes from it.
-- skip (`--skip_nonfinite_batches`): drop every gradient (`p.grad = None`, so the optimizer leaves the parameters
-  and their moments alone), put back the buffers the forward changed (BatchNorm statistics, copied at the step's
-  start), warn, and append {step, images} to `<output_dir>/nonfinite_batches.json`. The step still counts
-  (learning-rate schedule, checkpoints); its loss is logged as 0.
+- skip (`--skip_nonfinite_batches`): zero every gradient in place and skip that one optimizer step (the parameters
+  and their moments stay as they were), put back the buffers the forward changed (BatchNorm statistics, copied at
+  the step's start), warn, and append {step, images} to `<output_dir>/nonfinite_batches.json`. The step still counts
+  (learning-rate schedule, checkpoints); its loss is logged as 0. In place, not `p.grad = None`: HPU graphs
+  (`--use_hpu_graphs_for_training`) keep writing into the gradient tensors they captured.
 
 Cost: that one host read per optimizer step, after backward and gradient clipping. On CUDA the host waits for
 backward before it queues the optimizer step; under HPU lazy mode GaudiTrainer already ends the graph after backward,
@@ -99,7 +100,9 @@ class NonFiniteLossGuard(TrainerCallback):
                 "checkpoint by rerunning the command, or add --skip_nonfinite_batches")
         for group in optimizer.param_groups:
             for parameter in group["params"]:
-                parameter.grad = None
+                if parameter.grad is not None:
+                    parameter.grad.zero_()  # no NaN left in them; the tensors stay those HPU graphs write into
+        skip_next_step(optimizer)
         for buffer, saved in zip(model.buffers(), self.saved_buffers, strict=True):
             buffer.copy_(saved)
         logger.warning("non-finite training loss at step %d: skipped the batch of training images %s", step,
@@ -116,3 +119,15 @@ class NonFiniteLossGuard(TrainerCallback):
         gathered: list[list[int]] = [[] for _ in range(dist.get_world_size())]
         dist.all_gather_object(gathered, local)
         return sorted({i for images in gathered for i in images})
+
+
+def skip_next_step(optimizer: torch.optim.Optimizer) -> None:
+    """Make the optimizer's next `step()` do nothing, then behave as before. The Trainer's own optimizer (accelerate's
+    wrapper) calls this one's `step`; fp16's GradScaler calls the original instead (not supported with the skip)."""
+    step = optimizer.step
+
+    def skipped_step(*args, **kwargs) -> None:
+        optimizer.step = step
+
+    optimizer.step = skipped_step
+

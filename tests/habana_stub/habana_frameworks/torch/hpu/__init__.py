@@ -9,3 +9,20 @@ def memory_stats(device: object = None) -> dict[str, int]:
 def get_device_name() -> str:
     # Imported at module level by optimum-habana's wav2vec2 when `adapt_transformers_to_gaudi()` runs; never called.
     raise NotImplementedError("no HPU: the test-only habana_frameworks stub has no device")
+
+
+class ModuleCacher:
+    """Stand-in for HPU graphs' module cache, which GaudiTrainer applies with `use_hpu_graphs_for_training`: like the
+    real one it replaces `model.forward` in place (there: by the replay of a captured graph); this one calls the
+    forward it replaced and records the keyword names of every call in `model.forward.calls`."""
+
+    def __call__(self, model, inplace: bool = True, **kwargs):
+        forward = model.forward
+
+        def cached_forward(*args, **kwargs):
+            cached_forward.calls.append(sorted(kwargs))
+            return forward(*args, **kwargs)
+
+        cached_forward.calls = []
+        model.forward = cached_forward
+        return model
