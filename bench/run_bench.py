@@ -14,6 +14,8 @@ Measures (medians of interleaved repeats where timed):
 - map_eval_s: pycocotools against our `coco_map` (bench/map_eval.py);
 - device_matcher: ms per step of scipy (`host_assignment`) against the device matcher, eager and with its search
   step compiled, on the same costs at DETR-R50 shapes (6 decoder layers, batch 8, 100 queries, 60 target slots).
+- matcher_step: ms of a training step (forward without labels, loss from its outputs, backward) per matcher at the
+  same shapes (the workload's model, 8 images, targets padded to 60 slots), with each step's loss and host reads.
 
 `--quick` is a smoke run of every measure at toy sizes (a smaller transformer, fewer steps, the aot_eager compile
 backend, 200 images for mAP): its counts are meaningful, its timings are not.
@@ -30,7 +32,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,6 +43,7 @@ from transformers.loss.loss_for_object_detection import HungarianMatcher
 
 from bench.compile_warmup import compile_warmup_isolated
 from bench.map_eval import compare_map_evaluation
+from bench.training_step import detection_outputs, forward_and_loss, outputs_loss
 from bench.workload import (
     MEDIAN_OBJECTS,
     NUM_LABELS,
@@ -50,6 +54,7 @@ from bench.workload import (
     make_samples,
     train_step,
 )
+from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.device_matcher import DeviceMatcher, solve, worst_case_steps
 from detr_ft.model.matcher import host_assignment, hungarian_match, matching_costs
 from detr_ft.train.sync_audit import HostSyncCounter
@@ -213,6 +218,59 @@ def device_matcher_ms_per_step(
                             "device_eager_worst_case": worst_case_ms}}
 
 
+def matcher_step_ms(
+    workload: Workload, target_slots: int, repeats: int, backend: str, device: str = "cpu",
+    captured: dict | None = None,
+) -> dict:
+    """Median ms of one training step (forward without labels, loss from its outputs, backward:
+    bench/training_step.py) per matcher, on one batch of `workload` with targets padded to `target_slots`: scipy
+    (`host`), the device matcher eager and with its search step compiled by `backend` (short step count as in
+    `device_matcher_ms_per_step`), and with `captured` (torch.compile options, e.g. mode="reduce-overhead": CUDA
+    graphs) also the device matcher's step with the forward compiled by them. Each step's loss (the same dropout
+    masks: equal when the matchings are) and, for the eager steps, its host reads (`HostSyncCounter`) come with it."""
+    model = build_model(workload, "ours").to(device)
+    samples = make_samples(workload)[:workload.batch_size]
+    batch = DetectionCollator(workload.image_size, [target_slots])(samples)
+    batch = {**{k: batch[k].to(device) for k in ("pixel_values", "pixel_mask")},
+             "labels": {k: v.to(device) for k, v in batch["labels"].items()}}
+    short_steps = 4 * target_slots + 8
+    matchers = {"scipy": hungarian_match, "device_eager": DeviceMatcher(short_steps),
+                "device_compiled": DeviceMatcher(short_steps, backend)}
+    steps = {name: partial(forward_and_loss, model, match=match) for name, match in matchers.items()}
+    if captured is not None:
+        forward = torch.compile(partial(detection_outputs, model), **captured)
+        steps["device_captured"] = lambda batch: outputs_loss(
+            model, forward(batch["pixel_values"], batch["pixel_mask"]), batch["labels"], matchers["device_compiled"])
+
+    def train_step(step) -> torch.Tensor:
+        torch.manual_seed(workload.seed)  # the same dropout masks in every step
+        loss = step(batch)  # ()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    losses, warmup_s = {}, {}
+    for name, step in steps.items():
+        start = time.perf_counter()
+        losses[name] = float(train_step(step))  # the compile's warm-up too
+        warmup_s[name] = time.perf_counter() - start
+        train_step(step)  # CUDA graphs record on the second call
+    syncs = {}
+    for name in ("scipy", "device_eager"):  # compiled code does not run under the counter's dispatch mode
+        with HostSyncCounter() as counter:
+            train_step(steps[name])
+        syncs[name] = counter.count
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            float(train_step(step))  # waits for the device
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {"batch": workload.batch_size, "target_slots": target_slots, "short_steps": short_steps,
+            "ms_per_step": {name: statistics.median(values) for name, values in times.items()},
+            "loss": losses, "host_reads_per_step": syncs, "first_step_s": warmup_s}
+
+
 def machine_info() -> dict:
     cpu_model = platform.processor()
     if Path("/proc/cpuinfo").exists():
@@ -282,6 +340,10 @@ def run(sizes: BenchSizes, gaudi_python: str) -> dict:
 
     results["device_matcher"] = device_matcher_ms_per_step(sizes.matcher_shape, sizes.matcher_repeats,
                                                            sizes.compile_backend, workload.seed)
+    layers, batch_size, num_queries, target_slots = sizes.matcher_shape
+    assert (layers, num_queries) == (workload.decoder_layers, workload.num_queries), "matcher_shape: the workload's"
+    results["matcher_step"] = matcher_step_ms(replace(workload, batch_size=batch_size), target_slots,
+                                              sizes.eager_repeats, sizes.compile_backend)
 
     map_eval = compare_map_evaluation(sizes.map_images, sizes.map_detections_per_image, workload.seed)
     results["map_eval_s"] = map_eval["seconds"]
@@ -331,6 +393,12 @@ def format_table(results: dict) -> str:
                  f"queries, {shape['target_slots']} target slots: " + ", ".join(
                      f"{name} {ms:.1f}" for name, ms in matcher["ms_per_step"].items())
                  + f" (short = {matcher['steps']['short']} steps, worst case {matcher['steps']['worst_case']})")
+    step = results["matcher_step"]
+    lines.append(f"training step ms per matcher (forward without labels, loss, backward), batch {step['batch']}, "
+                 f"{step['target_slots']} target slots: " + ", ".join(
+                     f"{name} {ms:.0f}" for name, ms in step["ms_per_step"].items())
+                 + "; host reads per step: " + ", ".join(
+                     f"{name} {reads}" for name, reads in step["host_reads_per_step"].items()))
     machine = results["machine"]
     lines.append(
         f"\nmAP max |diff| {results['map_max_abs_diff']:.2e}; {machine['cpu_count']} x {machine['processor']}, "

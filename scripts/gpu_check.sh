@@ -12,6 +12,9 @@
 #    images/s, host syncs per step and graph compilations come from each run's run_summary.json.
 # 4. matcher ms per step at DETR-R50 shapes on $DEVICE: scipy against the exact device matcher, eager and compiled
 #    (bench/run_bench.py's device_matcher_ms_per_step): the numbers that settle `--matcher auto` there.
+# 5. training step ms per matcher at the same shapes (bench/run_bench.py's matcher_step_ms: forward without labels,
+#    loss from its outputs, backward), plus the device matcher's step with the forward under torch.compile(mode=
+#    "reduce-overhead", fullgraph=True): CUDA graphs, to compare with device_compiled (the same step, forward eager).
 # Ends with a table. It installs nothing, except wheels carried in .whl/ (pip install --no-deps --no-index), and
 # writes only under $WORK (default: a new /tmp/detr-ft-gpu-check.* folder).
 set -euo pipefail
@@ -102,6 +105,23 @@ run static_bf16_compiled --pad_images --pad_objects --num_buckets 1 --bf16 --tor
 echo "== 4. matcher ms per step on $DEVICE"
 "$PY" -c "import json; from bench.run_bench import device_matcher_ms_per_step as m; \
 print(json.dumps(m(($MATCHER_SHAPE), 5, '$COMPILE_BACKEND', 0, '$DEVICE')))" | tee "$WORK/matcher.json"
+
+echo "== 5. training step per matcher on $DEVICE, and the device matcher's step with the forward captured"
+"$PY" - "$DEVICE" "$TINY" "$COMPILE_BACKEND" <<'EOF' | tee "$WORK/matcher_step.json"
+import json
+import sys
+from dataclasses import replace
+
+from bench.run_bench import FULL, QUICK, matcher_step_ms
+
+device, tiny, backend = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+sizes = QUICK if tiny else FULL
+_, batch_size, _, target_slots = sizes.matcher_shape
+# CUDA graphs on the GPU; on the CPU (--tiny) a backend that compiles there in seconds
+captured = {"backend": "aot_eager", "fullgraph": True} if tiny else {"mode": "reduce-overhead", "fullgraph": True}
+print(json.dumps(matcher_step_ms(replace(sizes.workload, batch_size=batch_size), target_slots, 5, backend, device,
+                                 captured)))
+EOF
 
 "$PY" - "$WORK" <<'EOF'
 import json

@@ -1,0 +1,139 @@
+"""Compile proofs (issue 11): a DETR training step whose forward runs without labels and whose loss comes from the
+outputs (bench/training_step.py) compiles without graph breaks, and recompiles only for a new target bucket.
+
+- `--matcher device`: forward + loss are one graph (`fullgraph=True`), one per target bucket over an epoch;
+- `--matcher host`: the forward is one graph for the whole epoch and the matching costs one per bucket, both
+  `fullgraph=True`; the loss around the matcher breaks the graph exactly once, at the matcher's host copy + scipy.
+
+Graphs are counted by dynamo's CompileCounter backend (it traces, counts and runs the graph eagerly: no code
+generation), with `dynamic=False`: every new shape is a new graph, as on HPU and with CUDA graphs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.testing import CompileCounter
+from torch._dynamo.utils import counters
+
+from bench.training_step import detection_outputs, forward_and_loss, outputs_loss
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
+from detr_ft.data.sources import load_coco_folder
+from detr_ft.model.device_matcher import DeviceMatcher
+from detr_ft.model.matcher import host_assignment, hungarian_match, matching_costs
+from detr_ft.model.static_shapes import use_static_shape_loss
+from patches import apply_patches
+
+IMAGE_SIZE, BATCH_SIZE, NUM_BATCHES, NUM_BUCKETS = 64, 2, 12, 3
+
+
+@pytest.fixture(scope="module")
+def epoch(synthetic_dir) -> list[dict]:
+    """The first NUM_BATCHES batches of the 64 px shapes (1-4 objects per image), targets padded to 3 buckets; every
+    bucket occurs."""
+    split = load_coco_folder(synthetic_dir, "train")
+    classes = ClassMapping.from_categories(split.coco["categories"])
+    dataset = DetectionDataset(split, classes.category_to_label, IMAGE_SIZE)
+    buckets = compute_bucket_sizes(dataset.object_counts(), NUM_BUCKETS)
+    collator = DetectionCollator(IMAGE_SIZE, buckets)
+    batches = [collator([dataset[i] for i in range(start, start + BATCH_SIZE)])
+               for start in range(0, NUM_BATCHES * BATCH_SIZE, BATCH_SIZE)]
+    assert len(buckets) == NUM_BUCKETS and {target_slots(batch) for batch in batches} == set(buckets)
+    return batches
+
+
+def target_slots(batch: dict) -> int:
+    return batch["labels"]["class_labels"].shape[1]
+
+
+@pytest.fixture
+def model(tiny_detr):
+    """detr-tiny (2 decoder layers, auxiliary loss, 16 queries) with the sync patches the entry applies."""
+    detr = tiny_detr(num_labels=4).train()
+    apply_patches(detr, static_shapes=True)
+    return detr
+
+
+def train_epochs(model, step, batches: list[dict], epochs: int) -> list[int]:
+    """Train `epochs` passes over `batches` with `step(batch) -> loss` and AdamW; the number of graphs `step`'s
+    counter held after each batch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    graphs = []
+    for _ in range(epochs):
+        for batch in batches:
+            step(batch).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            graphs.append(step.counter.frame_count)
+    return graphs
+
+
+class CountedCompile:
+    """`torch.compile(function, fullgraph, dynamic=False)` with its own CompileCounter."""
+
+    def __init__(self, function, fullgraph: bool = True):
+        self.counter = CompileCounter()
+        self.compiled = torch.compile(function, fullgraph=fullgraph, dynamic=False, backend=self.counter)
+
+    def __call__(self, *args, **kwargs):
+        return self.compiled(*args, **kwargs)
+
+
+@pytest.mark.parametrize("matcher", ["host", "device"])
+def test_loss_from_the_outputs_of_a_forward_without_labels_is_the_models_loss(model, epoch, matcher):
+    """What the proofs compile computes the loss the model computes when given labels."""
+    match = hungarian_match if matcher == "host" else DeviceMatcher()
+    model.eval()  # no dropout: the same forward twice
+    use_static_shape_loss(model, match)
+    for batch in epoch[:3]:
+        torch.testing.assert_close(forward_and_loss(model, batch, match), model(**batch).loss, rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow
+def test_device_matcher_step_is_one_graph_per_target_bucket(model, epoch):
+    """Forward + loss with the device matcher: no graph break (fullgraph), and over two epochs one graph per target
+    bucket, compiled when the bucket first occurs, never again."""
+    torch._dynamo.reset()
+    step = CountedCompile(partial(forward_and_loss, model, match=DeviceMatcher()))
+    graphs = train_epochs(model, step, epoch, epochs=2)
+
+    first_seen, seen = [], set()
+    for batch in epoch:
+        seen.add(target_slots(batch))
+        first_seen.append(len(seen))
+    assert graphs == first_seen + [NUM_BUCKETS] * len(epoch)
+
+
+@pytest.mark.slow
+def test_host_matcher_step_compiles_around_the_matcher_only(model, epoch):
+    """Host matcher: the forward is one graph for every batch, the matching costs one per bucket (fullgraph both);
+    the loss compiled as a whole breaks once per call, at the matcher (scipy on the host), and nowhere else; its
+    pieces around the break are compiled once per bucket too."""
+    torch._dynamo.reset()
+    counters.clear()
+    forward = CountedCompile(partial(detection_outputs, model))
+    costs = CountedCompile(matching_costs)
+
+    @torch.compiler.disable  # the host copy + scipy: excluded from the compiled region
+    def host_match(logits, pred_boxes, labels, class_cost, bbox_cost, giou_cost):
+        cost = costs(logits, pred_boxes, labels["class_labels"], labels["boxes"], class_cost, bbox_cost, giou_cost)
+        return host_assignment(cost, labels["valid"])  # (L, B, Q)
+
+    loss = CountedCompile(partial(outputs_loss, model, match=host_match), fullgraph=False)
+
+    def step(batch):
+        return loss(forward(batch["pixel_values"], batch["pixel_mask"]), batch["labels"])
+
+    step.counter = forward.counter
+    forward_graphs = train_epochs(model, step, epoch, epochs=2)
+    assert forward_graphs == [1] * 2 * len(epoch)
+    assert costs.counter.frame_count == NUM_BUCKETS
+    # the loss: the graph before the matcher call and the one after it, per bucket
+    assert loss.counter.frame_count == 2 * NUM_BUCKETS
+    (reason,) = counters["graph_break"]  # one kind of break, however often dynamo met it while tracing
+    assert "torch.compiler.disable" in reason and "host_match" in reason, reason
