@@ -1,12 +1,12 @@
 """A DETR training step with the loss outside the forward, per matcher: what the compile proofs
 (tests/test_compile.py) compile and what `make bench` and scripts/gpu_check.sh time.
 
-The forward runs without labels (backbone, encoder, decoder and the heads: a pure static graph); the set-prediction
-loss is `padded_detr_loss` on its outputs, called as DetrForObjectDetection calls its loss_function when given labels:
+The forward runs without labels (`pure_forward`: backbone, encoder, decoder and the heads, a pure static graph); the
+set-prediction loss is `padded_detr_loss` on its outputs (`loss_from_outputs`, what the trainer's `compute_loss`
+does), matching with the matcher under test:
 
-    logits, pred_boxes = heads(decoder's last hidden state)                (B, Q, C+1), (B, Q, 4)
-    outputs_class, outputs_coord = heads(every decoder layer's output)     (L, B, Q, C+1), (L, B, Q, 4)
-    loss = padded_detr_loss(logits, labels, device, pred_boxes, config, outputs_class, outputs_coord, match=match)
+    outputs = pure_forward(model, pixel_values, pixel_mask)        logits (B, Q, C+1), pred_boxes (B, Q, 4), aux layers
+    loss = loss_from_outputs(model, outputs, labels, padded_detr_loss with match)
 
 so it equals `model(**batch).loss` with `use_static_shape_loss(model, match)` (tests/test_compile.py checks it).
 """
@@ -14,33 +14,29 @@ so it equals `model(**batch).loss` with `use_static_shape_loss(model, match)` (t
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from torch import Tensor
 from transformers import DetrForObjectDetection
+from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
 from detr_ft.model.loss import padded_detr_loss
 from detr_ft.model.matcher import hungarian_match
+from detr_ft.model.pure_forward import loss_from_outputs, pure_forward
 
 
-def detection_outputs(model: DetrForObjectDetection, pixel_values: Tensor, pixel_mask: Tensor) -> dict[str, Tensor]:
-    """The forward without labels, with the heads on every decoder layer (the model's own forward applies them to
-    the intermediate layers only when it computes the loss)."""
-    decoded = model.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
-    outputs = {"logits": model.class_labels_classifier(decoded.last_hidden_state),  # (B, Q, C+1)
-               "pred_boxes": model.bbox_predictor(decoded.last_hidden_state).sigmoid()}  # (B, Q, 4)
-    if model.config.auxiliary_loss:
-        outputs["outputs_class"] = model.class_labels_classifier(decoded.intermediate_hidden_states)  # (L, B, Q, C+1)
-        outputs["outputs_coord"] = model.bbox_predictor(decoded.intermediate_hidden_states).sigmoid()  # (L, B, Q, 4)
-    return outputs
+def detection_outputs(model: DetrForObjectDetection, pixel_values: Tensor, pixel_mask: Tensor
+                      ) -> DetrObjectDetectionOutput:
+    """The forward without labels: the model's predictions, every decoder layer's with the auxiliary loss on."""
+    return pure_forward(model, pixel_values, pixel_mask)
 
 
 def outputs_loss(
-    model: DetrForObjectDetection, outputs: dict[str, Tensor], labels: dict[str, Tensor],
+    model: DetrForObjectDetection, outputs: DetrObjectDetectionOutput, labels: dict[str, Tensor],
     match: Callable = hungarian_match,
 ) -> Tensor:
     """`padded_detr_loss` of `detection_outputs` on padded labels, matching with `match`: () float."""
-    loss, _, _ = padded_detr_loss(outputs["logits"], labels, outputs["logits"].device, outputs["pred_boxes"],
-                                  model.config, outputs.get("outputs_class"), outputs.get("outputs_coord"), match=match)
+    loss, _, _ = loss_from_outputs(model, outputs, labels, partial(padded_detr_loss, match=match))
     return loss
 
 

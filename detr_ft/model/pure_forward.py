@@ -16,6 +16,7 @@ config has `auxiliary_loss` (as facebookresearch/detr's forward does). `loss_fro
 loss is still computed in one place; a model called with labels (the old route) gives the very same loss.
 """
 
+from collections.abc import Callable
 from types import MethodType
 
 import torch
@@ -57,13 +58,17 @@ def use_pure_forward(model: DetrForObjectDetection) -> None:
     model.forward = MethodType(pure_forward, model)
 
 
-def loss_from_outputs(model: DetrForObjectDetection, outputs: DetrObjectDetectionOutput,
-                      labels: dict | list) -> tuple[Tensor, dict[str, Tensor], list[dict[str, Tensor]] | None]:
-    """`model.loss_function` on a `pure_forward`'s outputs, called as the stock forward calls it."""
+def loss_from_outputs(
+    model: DetrForObjectDetection, outputs: DetrObjectDetectionOutput, labels: dict | list,
+    loss_function: Callable | None = None,
+) -> tuple[Tensor, dict[str, Tensor], list[dict[str, Tensor]] | None]:
+    """`loss_function` (default: `model.loss_function`) on a `pure_forward`'s outputs, called as the stock forward
+    calls it."""
     outputs_class = outputs_coord = None
     if model.config.auxiliary_loss:
         # The loss functions take every layer's predictions, final layer last, and use all but that last one.
         outputs_class = torch.stack([*(aux["logits"] for aux in outputs.auxiliary_outputs), outputs.logits])
         outputs_coord = torch.stack([*(aux["pred_boxes"] for aux in outputs.auxiliary_outputs), outputs.pred_boxes])
-    return model.loss_function(outputs.logits, labels, model.device, outputs.pred_boxes, model.config,
+    loss_function = loss_function or model.loss_function
+    return loss_function(outputs.logits, labels, model.device, outputs.pred_boxes, model.config,
                                outputs_class, outputs_coord)  # (L, B, Q, C+1), (L, B, Q, 4) with aux
