@@ -48,12 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
     set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
     data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
-    preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images)
     try:
         data = prepare_data(data_args, shape_args)
     except DatasetError as error:
         logging.error("%s", error)
         return 2
+    preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images,
+                                  tuple(data.canvases) if shape_args.image_buckets > 1 else ())
     save_run_arguments(training_args.output_dir, model_args, data_args, shape_args, device_args,
                        per_device_eval_batch_size=training_args.per_device_eval_batch_size)
     model = build_model(model_args.model_name_or_path, data.classes.id2label, model_args.model_revision,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         guard = NonFiniteLossGuard(training_args.output_dir, shape_args.skip_nonfinite_batches, data.train_image_names)
         guard.install(model)
         callbacks.append(guard)  # before RunSummaryCallback: its host-sync count includes the guard's read
-    training_args = finalize_training_arguments(training_args, shape_args, len(data.train))
+    training_args = finalize_training_arguments(training_args, shape_args, data.images_per_canvas())
     training_args = training_arguments(device_type, device_args, training_args)
     model.to(training_args.device)
     pretrained = not is_preset(model_args.model_name_or_path)
@@ -79,14 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         model=model,
         train_dataset=data.train,
         eval_dataset=PaddedToMultiple(data.eval, eval_multiple),
-        data_collator=data.collator(preprocessing.canvas),
+        data_collator=data.collator(),
         processing_class=preprocessing.image_processor(),
         compute_metrics=CocoMetrics(data.eval_split, data.classes),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         optimizers=(optimizer, None),
         callbacks=[*callbacks,
                    RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
-                                      precision_name(training_args))],
+                                      precision_name(training_args), data.canvases, data.padded_pixel_fraction)],
+        train_sampler=data.train_sampler(training_args.per_device_train_batch_size * training_args.world_size,
+                                         training_args.seed if training_args.data_seed is None
+                                         else training_args.data_seed),
     )
     trainer_resume_weights.patch_trainer(trainer)
     try:

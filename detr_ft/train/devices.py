@@ -77,14 +77,24 @@ def training_arguments(device_type: str, device: DeviceArguments, training: Trai
     })
 
 
-def build_trainer(device: DeviceArguments, args: TrainingArguments, **trainer_kwargs) -> Trainer:
-    """The trainer that goes with `args`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...)."""
-    if type(args) is TrainingArguments:
-        return Trainer(args=args, **trainer_kwargs)
-    from optimum.habana import GaudiConfig, GaudiTrainer
+def build_trainer(device: DeviceArguments, args: TrainingArguments,
+                  train_sampler: torch.utils.data.Sampler | None = None, **trainer_kwargs) -> Trainer:
+    """The trainer that goes with `args`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...).
 
-    # GaudiTrainer calls GaudiConfig.from_pretrained(None) unless it gets an object: always pass one.
-    on_hpu = args.use_habana
-    gaudi_config = (GaudiConfig.from_pretrained(device.gaudi_config_name) if device.gaudi_config_name
-                    else GaudiConfig(use_fused_adam=on_hpu, use_fused_clip_norm=on_hpu, use_torch_autocast=args.bf16))
-    return GaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)
+    `train_sampler` replaces the trainer's random one (`canvases.CanvasGroupedSampler`); both trainers build their
+    training DataLoader from `_get_train_sampler()` with the per-device batch size and drop_last, and accelerate
+    passes a custom sampler on (sharding its batches over processes) and calls its `set_epoch`."""
+    if type(args) is TrainingArguments:
+        trainer = Trainer(args=args, **trainer_kwargs)
+    else:
+        from optimum.habana import GaudiConfig, GaudiTrainer
+
+        # GaudiTrainer calls GaudiConfig.from_pretrained(None) unless it gets an object: always pass one.
+        on_hpu = args.use_habana
+        gaudi_config = (GaudiConfig.from_pretrained(device.gaudi_config_name) if device.gaudi_config_name
+                        else GaudiConfig(use_fused_adam=on_hpu, use_fused_clip_norm=on_hpu,
+                                         use_torch_autocast=args.bf16))
+        trainer = GaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)
+    if train_sampler is not None:
+        trainer._get_train_sampler = lambda *_: train_sampler
+    return trainer
