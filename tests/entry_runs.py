@@ -27,6 +27,34 @@ def tiny_coco(folder: Path, num_train: int = 4, objects_per_image: tuple[int, in
     return folder
 
 
+ASPECT_SCALES = ((1, 1), (2, 1), (1, 2))  # (width, height) factors: square, landscape 2:1, portrait 1:2
+
+
+def extend_to_aspect_ratios(folder: Path) -> Path:
+    """A square synthetic COCO folder rewritten once, in place, into three image shapes by image position (square,
+    landscape 2:1, portrait 1:2): each image is pasted top-left onto its corner colour, twice as wide or tall; boxes
+    keep their pixels. At image_size 64 their boxes are 64 x 64, 32 x 64 and 64 x 32: three canvases."""
+    from PIL import Image
+
+    marker = folder / "annotations" / "aspect_ratios_extended"
+    if marker.exists():
+        return folder
+    for annotation_file in sorted((folder / "annotations").glob("*.json")):
+        coco = json.loads(annotation_file.read_text())
+        for i, entry in enumerate(coco["images"]):
+            width_factor, height_factor = ASPECT_SCALES[i % len(ASPECT_SCALES)]
+            path = folder / "images" / entry["file_name"]
+            with Image.open(path) as image:
+                extended = Image.new("RGB", (image.width * width_factor, image.height * height_factor),
+                                     image.getpixel((0, 0)))
+                extended.paste(image)
+            extended.save(path)
+            entry["width"], entry["height"] = extended.size
+        annotation_file.write_text(json.dumps(coco))
+    marker.touch()
+    return folder
+
+
 def entry_argv(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
         "--dataset_dir", str(data_dir), "--model_name_or_path", "detr-tiny", "--image_size", "32",
@@ -58,14 +86,16 @@ def entry_command(argv: list[str]) -> list[str]:
 _reference_runs: dict[str, Path] = {}
 
 
-def reference_run(tmp_path_factory) -> Path:
-    """One uninterrupted run per test session, shared by the tests that compare against it."""
-    if "run" not in _reference_runs:
-        data_dir = tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco")
+def reference_run(tmp_path_factory, data_dir: Path | None = None, *extra: str) -> Path:
+    """One uninterrupted run per test session (and data and extra arguments), shared by the tests that compare
+    against it; default data: `tiny_coco`."""
+    data_dir = data_dir or tiny_coco(tmp_path_factory.getbasetemp() / "tiny_coco")
+    key = str((data_dir, extra))
+    if key not in _reference_runs:
         output_dir = tmp_path_factory.mktemp("reference_run")
-        assert run_in_process(entry_argv(data_dir, output_dir)) == 0
-        _reference_runs["run"] = output_dir
-    return _reference_runs["run"]
+        assert run_in_process(entry_argv(data_dir, output_dir, *extra)) == 0
+        _reference_runs[key] = output_dir
+    return _reference_runs[key]
 
 
 def logged_losses(checkpoint: Path) -> list[tuple[int, float]]:
