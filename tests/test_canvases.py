@@ -122,3 +122,31 @@ def test_canvases_are_saved_with_the_processor_and_read_back(tmp_path):
     assert preprocessing.canvases == [(64, 32), (32, 64)]
     Preprocessing(64, True).image_processor().save_pretrained(tmp_path / "square")
     assert Preprocessing.from_saved(tmp_path / "square").canvases == [(64, 64)]
+
+
+def test_a_run_with_three_canvases_reports_them_and_its_saved_model_scores_the_logged_map(tmp_path):
+    """Training, run_summary.json, the saved processor and inference with --image_buckets 3; mAP must not be 0
+    for the agreement to mean something, hence the centered shapes, which detr-tiny learns in a few epochs."""
+    from conftest import write_centered_shapes
+    from entry_runs import run_in_process
+
+    from detr_ft.evaluation import inference
+
+    data_dir = extend_to_aspect_ratios(write_centered_shapes(tmp_path / "data", {"train": 48, "validation": 12}))
+    run_dir = tmp_path / "run"
+    argv = ["--model_name_or_path", "detr-tiny", "--dataset_dir", str(data_dir), "--output_dir", str(run_dir),
+            "--image_size", "64", "--pad_images", "--image_buckets", "3", "--pad_objects", "--augment", "false",
+            "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4", "--num_train_epochs", "4",
+            "--ckpt_store_interval_epochs", "4", "--seed", "0", "--report_to", "none", "--disable_tqdm", "true"]
+    assert run_in_process(argv) == 0
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["image_canvases"] == [[64, 32], [64, 64], [32, 64]]
+    assert summary["padded_pixel_fraction"] < 0.2  # the square would pad 2/3 of the extended images' pixels
+    assert summary["steps"] == 4 * 6  # 16 images per canvas: 2 batches of 8 each, 3 canvases
+    assert Preprocessing.from_saved(run_dir).image_canvases == ((64, 32), (64, 64), (32, 64))
+
+    logged = json.loads((run_dir / "eval_history.json").read_text())[-1]
+    assert logged["metrics"]["map"] > 0
+    assert inference.main(["--model_path", str(run_dir / "checkpoint-24"), "--output_dir", str(tmp_path / "out")]) == 0
+    inferred = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert inferred["map"] == pytest.approx(logged["metrics"]["map"], abs=1e-6)

@@ -55,7 +55,9 @@ def check_device_settings(device: DeviceArguments) -> str:
 
 def training_arguments(device_type: str, device: DeviceArguments, training: TrainingArguments) -> TrainingArguments:
     """TrainingArguments for CPU/CUDA, GaudiTrainingArguments for HPU or `--trainer gaudi`."""
-    common = {"use_cpu": device_type == "cpu", "bf16": training.bf16 or device.autocast}
+    # Pinned host memory speeds up copies to an accelerator; on CPU there is no copy to speed up.
+    common = {"use_cpu": device_type == "cpu", "bf16": training.bf16 or device.autocast,
+              "dataloader_pin_memory": training.dataloader_pin_memory and device_type != "cpu"}
     if device_type != "hpu" and device.trainer != "gaudi":
         return dataclasses.replace(training, **common)
     from optimum.habana import GaudiTrainingArguments
