@@ -9,8 +9,8 @@ OUTDIR ?= outputs/cppe5
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv venv-gaudi data cppe5 demo train eval-all-checkpoints infer test test-main test-gaudi test-fast bench lint\
-	clean
+.PHONY: venv venv-gaudi data cppe5 demo train eval-all-checkpoints infer test test-main test-gaudi test-fast bench bench-canvas\
+	lint clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,10 +54,15 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed $(GAUDI_VENV)/.installed
 	$(PY) -m bench.run_bench --gaudi_python $(GAUDI_PY) $(BENCH_ARGS)
 
+# Only the image paths on CPPE-5's shapes (stock, square, --image_buckets 2 and 3): padded pixels, eager images/s,
+# graphs and compile warm-up over the epoch, the loader's images/s (a few minutes on 2 cores; make bench runs it too).
+bench-canvas: $(VENV)/.installed
+	$(PY) -m bench.run_bench --only canvas --output bench/results_canvas.json $(BENCH_ARGS)
+
 # Fine-tune facebook/detr-resnet-50 on CPPE-5 (needs the hub), with the recommended static shapes.
 train: $(VENV)/.installed
 	$(PY) run_object_detection.py --output_dir $(OUTDIR) --dataset_name cppe-5 \
-		--pad_images --image_size 800 --pad_objects --num_buckets 1 \
+		--pad_images --image_size 800 --image_buckets 2 --pad_objects --num_buckets 1 \
 		--num_train_epochs 100 --ckpt_store_interval_epochs 10 $(ARGS)
 
 # mAP of every complete checkpoint of OUTDIR on the run's eval split (ARGS="--split test", ARGS=--redo):

@@ -94,20 +94,22 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
 
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
     set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
-    preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images)
     try:
         data = prepare_data(data_args, shape_args)
     except DatasetError as error:
         logging.error("%s", error)
         return 2
     try:
-        check_batch_fits(len(data.train), training_args)
+        check_batch_fits(data.images_per_canvas(), training_args)
         model = build_model(model_args.model_name_or_path, data.classes.id2label, model_args.model_revision,
                             model_args.freeze_backbone)
     except (FlagError, OSError) as error:  # OSError: a model the hub or the disk cannot give
         logging.error("%s", error)
         return 2
     save_run_arguments(training_args.output_dir, run_arguments)
+    # The canvases ride along in the saved processor, so evaluation and inference pad as training did.
+    preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images,
+                                  tuple(data.canvases) if shape_args.image_buckets > 1 else ())
     warn_queries_overflow(data, model.config.num_queries)
     if data.bucket_sizes:
         use_static_shape_loss(model, choose_matcher(shape_args.matcher, device_type, shape_args.matcher_steps))
@@ -117,7 +119,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
         guard = NonFiniteLossGuard(training_args.output_dir, shape_args.skip_nonfinite_batches, data.train_image_names)
         guard.install(model)
         callbacks.append(guard)  # before RunSummaryCallback: its host-sync count includes the guard's read
-    training_args = finalize_training_arguments(training_args, shape_args, len(data.train))
+    training_args = finalize_training_arguments(training_args, shape_args, data.images_per_canvas())
     training_args = training_arguments(device_type, device_args, training_args)
     model.to(training_args.device)  # on Gaudi after adapt_transformers_to_gaudi(), which the device set-up runs
     from_scratch = run_arguments["from_scratch"]
@@ -133,18 +135,21 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     logging.getLogger("detr_ft").info("what trains:\n  %s", "\n  ".join(describe_training(model, optimizer)))
     eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
     run_summary = RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
-                                     precision_name(training_args))
+                                     precision_name(training_args), data.canvases, data.padded_pixel_fraction)
     trainer = build_trainer(
         device_args, training_args,
         model=model,
         train_dataset=data.train,
         eval_dataset=PaddedToMultiple(data.eval, eval_multiple),
-        data_collator=data.collator(preprocessing.canvas),
+        data_collator=data.collator(),
         processing_class=preprocessing.image_processor(),
         compute_metrics=CocoMetrics(data.eval_split, data.eval_classes),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         optimizers=(optimizer, None),
         callbacks=[*callbacks, run_summary],
+        train_sampler=data.train_sampler(training_args.per_device_train_batch_size * training_args.world_size,
+                                         training_args.seed if training_args.data_seed is None
+                                         else training_args.data_seed),
     )
     apply_trainer_patches(trainer)
     gather_image_index_as_labels(trainer)

@@ -10,7 +10,10 @@ crash on the stock path: inductor fails to lower the convolution backward of the
 
 A compilation is one graph handed to the backend: the first one, each recompile for a new input shape, and each
 piece between graph breaks (the stock encoder layer's `if not torch.isfinite(...).all()` breaks the graph once per
-layer). The warm-up time is the wall time of the first `epochs * batches` training steps including all compilation.
+layer). The warm-up is the first training step on each distinct image shape of the epoch (in epoch order, up to
+`max_shapes`): the steps that compile. Where the epoch holds more shapes than were compiled (stock: a new padded
+shape almost every batch; compiling each costs ~1 min with inductor here), the run scales the count and time by
+epoch shapes / compiled shapes, and says so.
 Each path runs in its own Python process with an empty inductor cache directory, so neither reuses what the other
 (or an earlier run) compiled.
 """
@@ -47,35 +50,39 @@ class CountingBackend:
         return self.compile_graph(graph_module, example_inputs)
 
 
-def compile_warmup(workload: Workload, path: str, backend: str, epochs: int, batches: int) -> dict:
-    """Train `epochs` times over the first `batches` batches with `model.model` compiled, in this process:
-    compilations, graph breaks, wall time and the number of distinct image shapes."""
+def compile_warmup(workload: Workload, path: str, backend: str, max_shapes: int) -> dict:
+    """One training step with `model.model` compiled on each of the epoch's first `max_shapes` distinct image shapes,
+    in this process: compilations, graph breaks, wall time, shapes compiled and shapes in the epoch."""
     torch._dynamo.reset()
     counters.clear()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, max_shapes)
     model = build_model(workload, path)
-    batches = make_batches(workload, path, make_samples(workload))[:batches]
+    first_of_shape: dict[tuple, dict] = {}
+    for batch in make_batches(workload, path, make_samples(workload)):
+        first_of_shape.setdefault(tuple(batch["pixel_values"].shape), batch)
+    batches = list(first_of_shape.values())[:max_shapes]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     counting_backend = CountingBackend(backend)
     model.model.compile(backend=counting_backend, dynamic=False)
     start = time.perf_counter()
-    for _ in range(epochs):
-        for batch in batches:
-            train_step(model, optimizer, batch)
+    for batch in batches:
+        train_step(model, optimizer, batch)
     return {
         "compilations": counting_backend.count,
         "graph_breaks": sum(counters["graph_break"].values()),
         "warmup_s": time.perf_counter() - start,
-        "steps": epochs * len(batches),
-        "image_shapes": len({tuple(batch["pixel_values"].shape) for batch in batches}),
+        "steps": len(batches),
+        "image_shapes": len(batches),
+        "epoch_image_shapes": len(first_of_shape),
     }
 
 
-def compile_warmup_isolated(workload: Workload, path: str, backend: str, epochs: int, batches: int) -> dict:
+def compile_warmup_isolated(workload: Workload, path: str, backend: str, max_shapes: int) -> dict:
     """`compile_warmup` in a new Python process whose inductor cache directory is new and empty."""
     with tempfile.TemporaryDirectory(prefix="bench_inductor_") as cache_dir:
         result_file = Path(cache_dir) / "result.json"
-        request = json.dumps({"workload": asdict(workload), "path": path, "backend": backend, "epochs": epochs,
-                              "batches": batches})
+        request = json.dumps({"workload": asdict(workload), "path": path, "backend": backend,
+                              "max_shapes": max_shapes})
         finished = subprocess.run(
             [sys.executable, "-m", "bench.compile_warmup", request, str(result_file)], capture_output=True, text=True,
             env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}, cwd=Path(__file__).parent.parent,

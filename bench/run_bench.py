@@ -1,14 +1,18 @@
-"""`make bench`: the stock DETR fine-tuning path against ours, on the same random DETR and synthetic data (see
-bench/workload.py), measured on this machine; prints a table and writes bench/results.json.
+"""`make bench`: the stock DETR fine-tuning path against ours, on the same random DETR and synthetic data of CPPE-5's
+real image shapes (see bench/workload.py), measured on this machine; prints two tables and writes bench/results.json.
 
-    python -m bench.run_bench [--quick] [--output bench/results.json]
+    python -m bench.run_bench [--quick] [--only canvas] [--output bench/results.json]
 
 Measures (medians of interleaved repeats where timed):
 - syncs_per_step: host syncs of one training step (forward, loss, backward), by `HostSyncCounter`; again on the Gaudi
   stack (`gaudi_stack`: optimum-habana 1.21.2 + transformers 4.55, run in `--gaudi_python` by bench/gaudi_syncs.py);
-- recompiles / compile_warmup_s: graphs compiled and wall time of the first steps with `model.model` compiled
-  (bench/compile_warmup.py);
-- eager_steps_per_s: training steps (forward, loss, backward, AdamW) per second without compilation;
+- recompiles / compile_warmup_s: graphs compiled and compile warm-up over the epoch with `model.model` compiled
+  (bench/compile_warmup.py; stock's is scaled from its first shapes);
+- eager_steps_per_s: training steps (forward, loss, backward, AdamW) per second without compilation, over the epoch;
+- canvas_paths: per path (stock, square = ours, k2, k3 = --image_buckets 2 / 3) the padded-pixel fraction of the
+  epoch's batches, eager images/s, graphs and compile warm-up over the epoch, and their ratios to the square and stock;
+- loader: images/s of the real data path (`DetectionDataset` with augmentation on CPPE-5's test split at the bench's
+  image size, the collator, a DataLoader with the default workers of `--dataloader_num_workers`) next to the step's;
 - matcher_ms_per_step: transformers' HungarianMatcher once per decoder layer (as its loss calls it) against our
   `hungarian_match` of all layers at once, on the same model outputs;
 - map_eval_s: pycocotools against our `coco_map` (bench/map_eval.py);
@@ -17,8 +21,9 @@ Measures (medians of interleaved repeats where timed):
 - matcher_step: ms of a training step (forward without labels, loss from its outputs, backward) per matcher at the
   same shapes (the workload's model, 8 images, targets padded to 60 slots), with each step's loss and host reads.
 
-`--quick` is a smoke run of every measure at toy sizes (a smaller transformer, fewer steps, the aot_eager compile
-backend, 200 images for mAP): its counts are meaningful, its timings are not.
+`--only canvas` (`make bench-canvas`) measures only the canvas part (compile warm-up, eager epoch and loader of the
+four image paths: a few minutes on 2 cores) and prints only its table. `--quick` is a smoke run of every measure at
+toy sizes (a smaller transformer, fewer steps, 200 images for mAP): its counts are meaningful, its timings are not.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from bench.compile_warmup import compile_warmup_isolated
 from bench.map_eval import compare_map_evaluation
 from bench.training_step import detection_outputs, forward_and_loss, outputs_loss
 from bench.workload import (
+    CANVAS_PATHS,
     MEDIAN_OBJECTS,
     NUM_LABELS,
     PATHS,
@@ -60,6 +66,7 @@ from detr_ft.model.matcher import host_assignment, hungarian_match, matching_cos
 from detr_ft.train.sync_audit import HostSyncCounter
 
 MAX_MAP_DIFF = 1e-4
+CPPE5_TEST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cppe5-test"
 
 
 @dataclass
@@ -69,17 +76,22 @@ class BenchArguments:
     gaudi_python: str = field(
         default=".venv-gaudi/bin/python", metadata={"help": "Python of the Gaudi stack's venv; skipped if absent."}
     )
+    only: str = field(default="", metadata={"help": "canvas: only the image paths' part (make bench-canvas)."})
 
 
 @dataclass(frozen=True)
 class BenchSizes:
     workload: Workload = Workload()
     sync_steps: int = 2
-    eager_repeats: int = 3
+    eager_every: int = 4  # eager steps: every 4th batch of each path's epoch (a fair sample of its shapes)
+    eager_chunks: int = 4  # in this many turns, the paths alternating (the machine's load drifts)
+    matcher_batches: int = 8
     matcher_repeats: int = 5
-    compile_backend: str = "inductor"
-    compile_epochs: int = 2
-    compile_batches: int = 4
+    # inductor takes ~1 min per shape of this model here: aot_eager (dynamo + AOTAutograd, no code generation)
+    # keeps the 4 paths' compile runs within minutes; the graph counts are the same.
+    compile_backend: str = "aot_eager"
+    compile_stock_shapes: int = 3  # stock meets a new shape almost every batch: compile this many, scale to the epoch
+    loader_epochs: int = 2
     map_images: int = 5000
     map_detections_per_image: int = 100
     matcher_shape: tuple[int, int, int, int] = (6, 8, 100, 60)  # decoder layers, batch, queries, target slots
@@ -87,11 +99,12 @@ class BenchSizes:
 
 FULL = BenchSizes()
 QUICK = BenchSizes(
-    workload=Workload(image_size=64, min_side=40, batch_size=2, batches_per_epoch=3, d_model=32, ffn_dim=64,
+    workload=Workload(image_size=160, batch_size=2, batches_per_epoch=8, d_model=32, ffn_dim=64,
                       encoder_layers=2, decoder_layers=2, num_queries=20, backbone_width=8),
-    sync_steps=1, eager_repeats=2, matcher_repeats=2, compile_backend="aot_eager", compile_epochs=1,
-    compile_batches=3, map_images=200, matcher_shape=(2, 2, 20, 8),
+    sync_steps=1, eager_every=1, eager_chunks=2, matcher_batches=3, matcher_repeats=2, compile_stock_shapes=2,
+    loader_epochs=1, map_images=200, matcher_shape=(2, 2, 20, 8),
 )
+MAX_CANVAS_SHAPES = 8  # our paths compile every shape of the epoch: at most 3 canvases
 
 
 def syncs_per_step(workload: Workload, steps: int) -> dict[str, dict]:
@@ -117,36 +130,77 @@ def gaudi_stack_syncs(workload: Workload, steps: int, python: str) -> dict:
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
-def eager_steps_per_s(workload: Workload, repeats: int) -> dict[str, float]:
-    """Median training steps per second of each path; the paths alternate, one epoch per turn, after a warm-up step."""
+def padded_pixel_fraction(batches: list[dict]) -> float:
+    """Share of the batches' pixels that are padding (pixel_mask 0)."""
+    return 1.0 - sum(int(b["pixel_mask"].sum()) for b in batches) / sum(b["pixel_mask"].numel() for b in batches)
+
+
+def eager_epoch(workload: Workload, every: int, chunks: int) -> dict[str, dict]:
+    """Each path's epoch without compilation: padded-pixel fraction and distinct image shapes of all its batches;
+    images/s and steps/s of every `every`-th batch, after a warm-up step on each shape among them, in `chunks`
+    turns with the paths alternating."""
     samples = make_samples(workload)
     runs = {}
-    for path in PATHS:
+    for path in CANVAS_PATHS:
         model = build_model(workload, path)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batches = make_batches(workload, path, samples)
-        train_step(model, optimizer, batches[0])
+        for batch in {tuple(b["pixel_values"].shape): b for b in batches[::every]}.values():
+            train_step(model, optimizer, batch)  # first-use costs of each timed shape (allocator, oneDNN primitives)
         runs[path] = (model, optimizer, batches)
-    rates: dict[str, list[float]] = {path: [] for path in PATHS}
-    for _ in range(repeats):
-        for path, (model, optimizer, batches) in runs.items():
+    seconds = dict.fromkeys(CANVAS_PATHS, 0.0)
+    timed = {path: batches[::every] for path, (_, _, batches) in runs.items()}
+    for turn in range(chunks):
+        for path, (model, optimizer, _) in runs.items():
             start = time.perf_counter()
-            for batch in batches:
+            for batch in timed[path][turn::chunks]:
                 train_step(model, optimizer, batch)
-            rates[path].append(len(batches) / (time.perf_counter() - start))
-    return {path: statistics.median(values) for path, values in rates.items()}
+            seconds[path] += time.perf_counter() - start
+    return {path: {"steps": len(batches), "timed_steps": len(timed[path]),
+                   "images_per_s": len(timed[path]) * workload.batch_size / seconds[path],
+                   "steps_per_s": len(timed[path]) / seconds[path],
+                   "padded_pixel_fraction": padded_pixel_fraction(batches),
+                   "image_shapes": len({tuple(b["pixel_values"].shape[2:]) for b in batches})}
+            for path, (_, _, batches) in runs.items()}
+
+
+def loader_images_per_s(workload: Workload, epochs: int) -> dict | None:
+    """Images/s of the training data path on CPPE-5's test split (decode, augment, resize to the bench's image size,
+    normalise, collate) with the default DataLoader workers; None without the split."""
+    if not (CPPE5_TEST / "annotations" / "test.json").exists():
+        return None
+    from detr_ft.data.augmentation import train_augmentation
+    from detr_ft.data.dataset import DetectionDataset
+    from detr_ft.data.labels import ClassMapping
+    from detr_ft.data.padding import DetectionCollator
+    from detr_ft.data.sources import load_coco_folder
+    from detr_ft.train.arguments import default_dataloader_workers
+
+    split = load_coco_folder(CPPE5_TEST, "test")
+    dataset = DetectionDataset(split, ClassMapping.from_categories(split.coco["categories"]).category_to_label,
+                               workload.image_size, train_augmentation())
+    workers = default_dataloader_workers()
+    loader = torch.utils.data.DataLoader(dataset, workload.batch_size, shuffle=True, num_workers=workers,
+                                         collate_fn=DetectionCollator(workload.image_size), drop_last=True)
+    start, images = time.perf_counter(), 0
+    for _ in range(epochs):
+        for batch in loader:
+            images += len(batch["pixel_values"])
+    return {"workers": workers, "images": images, "images_per_s": images / (time.perf_counter() - start)}
 
 
 @torch.no_grad()
-def matcher_ms_per_step(workload: Workload, repeats: int) -> dict[str, float]:
-    """Median milliseconds per batch of each matcher over all decoder layers' outputs of the same forward."""
+def matcher_ms_per_step(workload: Workload, batches: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds per batch of each matcher over all decoder layers' outputs of the same forward (the
+    epoch's first `batches` batches)."""
     model = build_model(workload, "ours")
     config = model.config
     costs = {"class_cost": config.class_cost, "bbox_cost": config.bbox_cost, "giou_cost": config.giou_cost}
     stock_matcher = HungarianMatcher(**costs)
     samples = make_samples(workload)
     cases = []
-    for stock_batch, our_batch in zip(*(make_batches(workload, path, samples) for path in PATHS), strict=True):
+    stock_batches, our_batches = (make_batches(workload, path, samples)[:batches] for path in PATHS)
+    for stock_batch, our_batch in zip(stock_batches, our_batches, strict=True):
         decoded = model.model(our_batch["pixel_values"], our_batch["pixel_mask"]).intermediate_hidden_states
         logits = model.class_labels_classifier(decoded)  # (L, B, Q, C+1)
         boxes = model.bbox_predictor(decoded).sigmoid()  # (L, B, Q, 4)
@@ -291,6 +345,10 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def progress(phase: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {phase}", file=sys.stderr, flush=True)
+
+
 def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("inf")
 
@@ -313,45 +371,114 @@ def judge_goals(results: dict) -> dict[str, dict]:
     }
 
 
-def run(sizes: BenchSizes, gaudi_python: str) -> dict:
-    start, start_cpu = time.perf_counter(), cpu_seconds()
-    workload = sizes.workload
-    results: dict = {"machine": machine_info(), "sizes": asdict(sizes), "num_buckets": 1}
-    syncs = syncs_per_step(workload, sizes.sync_steps)
-    results["syncs_per_step"] = {path: syncs[path]["per_step"] for path in PATHS}
-    results["syncs_by_op"] = {path: syncs[path]["by_op"] for path in PATHS}
-    results["gaudi_stack"] = gaudi_stack_syncs(workload, sizes.sync_steps, gaudi_python)
+def compile_over_epoch(workload: Workload, path: str, sizes: BenchSizes) -> dict:
+    """Graphs and compile warm-up of `path` over the epoch (bench/compile_warmup.py), scaled from the shapes compiled
+    to the epoch's shapes where fewer were compiled (stock); `estimated` says whether it was."""
+    max_shapes = sizes.compile_stock_shapes if path == "stock" else MAX_CANVAS_SHAPES
+    run = compile_warmup_isolated(workload, path, sizes.compile_backend, max_shapes)
+    scale = run["epoch_image_shapes"] / run["image_shapes"]
+    return {"graphs": round(run["compilations"] * scale), "warmup_s": run["warmup_s"] * scale,
+            "graph_breaks": run["graph_breaks"], "image_shapes": run["epoch_image_shapes"],
+            "shapes_compiled": run["image_shapes"], "estimated": scale > 1}
 
-    compile_run = (sizes.compile_backend, sizes.compile_epochs, sizes.compile_batches)
-    compiles = {path: compile_warmup_isolated(workload, path, *compile_run) for path in PATHS}
+
+def judge_canvas_goals(results: dict) -> dict[str, dict]:
+    """Issue 14's goals for the recommended K (the faster of k2 and k3) and the loader."""
+    paths, ratios = results["canvas_paths"], results["canvas_ratios"]
+    best = max(("k2", "k3"), key=lambda path: paths[path]["images_per_s"])
+    canvases = paths[best]["image_shapes"]
+    goals = {
+        "recommended": {"target": "the faster of k2 and k3", "value": best, "met": True},
+        "eager_vs_square": {"target": ">= 1.3", "value": ratios[best]["eager_vs_square"],
+                            "met": ratios[best]["eager_vs_square"] >= 1.3},
+        "eager_vs_stock": {"target": ">= 1.2", "value": ratios[best]["eager_vs_stock"],
+                           "met": ratios[best]["eager_vs_stock"] >= 1.2},
+        "graphs": {"target": "<= canvases x buckets (1)", "value": paths[best]["compile_graphs"],
+                   "met": paths[best]["compile_graphs"] <= canvases},
+        "compile_warmup": {"target": "stock / path >= 10", "value": ratios[best]["compile_warmup_stock_over_path"],
+                           "met": ratios[best]["compile_warmup_stock_over_path"] >= 10},
+    }
+    loader = results["loader"]
+    if loader:
+        consumed = max(loader["step_images_per_s"].values())
+        goals["loader"] = {"target": "loader >= 2 x the fastest step's images/s",
+                           "value": ratio(loader["images_per_s"], consumed),
+                           "met": loader["images_per_s"] >= 2 * consumed}
+    return goals
+
+
+def measure_canvas_paths(sizes: BenchSizes, results: dict) -> tuple[dict, dict]:
+    """The canvas part (`--only canvas`): compile warm-up and eager epoch of every image path and the loader, into
+    `results`; returns the compile runs and eager epochs, which the main table reads for stock and ours."""
+    workload = sizes.workload
+    progress("compile warm-up, a process per path")
+    compiles = {path: compile_over_epoch(workload, path, sizes) for path in CANVAS_PATHS}
     results["compiled"] = ("model.model (backbone + encoder + decoder), dynamic=False; heads, loss, backward, AdamW "
                            "around it")
     results["compile_backend"] = sizes.compile_backend
-    results["compile_warmup_steps"] = compiles["ours"]["steps"]
-    results["recompiles"] = {path: compiles[path]["compilations"] for path in PATHS}
-    results["graph_breaks"] = {path: compiles[path]["graph_breaks"] for path in PATHS}
-    results["image_shapes_compiled"] = {path: compiles[path]["image_shapes"] for path in PATHS}
-    results["compile_warmup_s"] = {path: compiles[path]["warmup_s"] for path in PATHS}
-    results["compile_warmup_speedup"] = ratio(compiles["stock"]["warmup_s"], compiles["ours"]["warmup_s"])
+    results["compile_warmup_steps"] = workload.batches_per_epoch
+    progress("eager training")
+    eager = eager_epoch(workload, sizes.eager_every, sizes.eager_chunks)
+    progress("loader")
+    results.update(canvas_summary(compiles, eager, loader_images_per_s(workload, sizes.loader_epochs)))
+    return compiles, eager
 
-    results["eager_steps_per_s"] = eager_steps_per_s(workload, sizes.eager_repeats)
-    results["eager_ratio"] = ratio(results["eager_steps_per_s"]["ours"], results["eager_steps_per_s"]["stock"])
-    results["matcher_ms_per_step"] = matcher_ms_per_step(workload, sizes.matcher_repeats)
 
-    results["device_matcher"] = device_matcher_ms_per_step(sizes.matcher_shape, sizes.matcher_repeats,
-                                                           sizes.compile_backend, workload.seed)
-    layers, batch_size, num_queries, target_slots = sizes.matcher_shape
-    assert (layers, num_queries) == (workload.decoder_layers, workload.num_queries), "matcher_shape: the workload's"
-    results["matcher_step"] = matcher_step_ms(replace(workload, batch_size=batch_size), target_slots,
-                                              sizes.eager_repeats, sizes.compile_backend)
+def canvas_summary(compiles: dict, eager: dict, loader: dict | None) -> dict:
+    """canvas_paths (each path's eager and compile measures), canvas_ratios, loader (with the steps' images/s beside
+    it) and canvas_goals, from the measures of every path in CANVAS_PATHS."""
+    summary = {
+        "canvas_paths": {path: {**eager[path], **{f"compile_{k}": v for k, v in compiles[path].items()}}
+                         for path in CANVAS_PATHS},
+        "canvas_ratios": {path: {
+            "eager_vs_square": ratio(eager[path]["images_per_s"], eager["ours"]["images_per_s"]),
+            "eager_vs_stock": ratio(eager[path]["images_per_s"], eager["stock"]["images_per_s"]),
+            "compile_warmup_stock_over_path": ratio(compiles["stock"]["warmup_s"], compiles[path]["warmup_s"]),
+        } for path in CANVAS_PATHS},
+        "loader": loader and {**loader, "step_images_per_s": {path: eager[path]["images_per_s"]
+                                                              for path in CANVAS_PATHS}},
+    }
+    summary["canvas_goals"] = judge_canvas_goals(summary)
+    return summary
 
-    map_eval = compare_map_evaluation(sizes.map_images, sizes.map_detections_per_image, workload.seed)
-    results["map_eval_s"] = map_eval["seconds"]
-    results["map_eval_speedup"] = ratio(map_eval["seconds"]["pycocotools"], map_eval["seconds"]["ours"])
-    results["map_eval_images"], results["map_eval_detections"] = map_eval["images"], map_eval["detections"]
-    results["map"] = map_eval["map"]
-    results["map_max_abs_diff"] = map_eval["max_abs_diff"]
-    results["goals"] = judge_goals(results)
+
+def run(sizes: BenchSizes, gaudi_python: str, only: str = "") -> dict:
+    """Every measure, or with only="canvas" the canvas part alone."""
+    start, start_cpu = time.perf_counter(), cpu_seconds()
+    workload = sizes.workload
+    results: dict = {"machine": machine_info(), "sizes": asdict(sizes), "num_buckets": 1, "only": only or "all"}
+    if only != "canvas":
+        syncs = syncs_per_step(workload, sizes.sync_steps)
+        results["syncs_per_step"] = {path: syncs[path]["per_step"] for path in PATHS}
+        results["syncs_by_op"] = {path: syncs[path]["by_op"] for path in PATHS}
+        results["gaudi_stack"] = gaudi_stack_syncs(workload, sizes.sync_steps, gaudi_python)
+
+    compiles, eager = measure_canvas_paths(sizes, results)
+
+    if only != "canvas":
+        results["recompiles"] = {path: compiles[path]["graphs"] for path in PATHS}
+        results["graph_breaks"] = {path: compiles[path]["graph_breaks"] for path in PATHS}
+        results["image_shapes_compiled"] = {path: compiles[path]["image_shapes"] for path in PATHS}
+        results["compile_warmup_s"] = {path: compiles[path]["warmup_s"] for path in PATHS}
+        results["compile_warmup_speedup"] = ratio(compiles["stock"]["warmup_s"], compiles["ours"]["warmup_s"])
+        results["eager_steps_per_s"] = {path: eager[path]["steps_per_s"] for path in PATHS}
+        results["eager_ratio"] = ratio(results["eager_steps_per_s"]["ours"], results["eager_steps_per_s"]["stock"])
+
+        progress("matchers and mAP evaluation")
+        results["matcher_ms_per_step"] = matcher_ms_per_step(workload, sizes.matcher_batches, sizes.matcher_repeats)
+        results["device_matcher"] = device_matcher_ms_per_step(sizes.matcher_shape, sizes.matcher_repeats,
+                                                               sizes.compile_backend, workload.seed)
+        layers, batch_size, num_queries, target_slots = sizes.matcher_shape
+        assert (layers, num_queries) == (workload.decoder_layers, workload.num_queries), "matcher_shape: the workload's"
+        results["matcher_step"] = matcher_step_ms(replace(workload, batch_size=batch_size), target_slots,
+                                                  sizes.matcher_repeats, sizes.compile_backend)
+        map_eval = compare_map_evaluation(sizes.map_images, sizes.map_detections_per_image, workload.seed)
+        results["map_eval_s"] = map_eval["seconds"]
+        results["map_eval_speedup"] = ratio(map_eval["seconds"]["pycocotools"], map_eval["seconds"]["ours"])
+        results["map_eval_images"], results["map_eval_detections"] = map_eval["images"], map_eval["detections"]
+        results["map"] = map_eval["map"]
+        results["map_max_abs_diff"] = map_eval["max_abs_diff"]
+        results["goals"] = judge_goals(results)
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     results["total_s"] = time.perf_counter() - start
     results["total_cpu_s"] = cpu_seconds() - start_cpu
@@ -409,13 +536,55 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_canvas_table(results: dict) -> str:
+    """Markdown table of the aspect-ratio canvases: one column per path, the ratios to the square and to stock."""
+    paths, ratios = results["canvas_paths"], results["canvas_ratios"]
+    names = {"stock": "stock", "ours": "square", "k2": "K = 2", "k3": "K = 3"}
+    steps = results["compile_warmup_steps"]
+    rows = [
+        ("padded-pixel fraction", [f"{paths[p]['padded_pixel_fraction']:.3f}" for p in CANVAS_PATHS]),
+        ("image shapes in the epoch", [str(paths[p]["image_shapes"]) for p in CANVAS_PATHS]),
+        ("eager images/s", [f"{paths[p]['images_per_s']:.2f}" for p in CANVAS_PATHS]),
+        ("eager vs square", [f"{ratios[p]['eager_vs_square']:.2f}x" for p in CANVAS_PATHS]),
+        ("eager vs stock", [f"{ratios[p]['eager_vs_stock']:.2f}x" for p in CANVAS_PATHS]),
+        (f"graphs compiled, {steps} steps", [f"{paths[p]['compile_graphs']}" + ("*" if paths[p]["compile_estimated"]
+                                                                             else "") for p in CANVAS_PATHS]),
+        (f"compile warm-up s, {steps} steps", [f"{paths[p]['compile_warmup_s']:.1f}" + (
+            "*" if paths[p]["compile_estimated"] else "") for p in CANVAS_PATHS]),
+        ("warm-up stock / path", [f"{ratios[p]['compile_warmup_stock_over_path']:.1f}x" for p in CANVAS_PATHS]),
+    ]
+    lines = ["| measure | " + " | ".join(names[p] for p in CANVAS_PATHS) + " |",
+             "| --- |" + " ---: |" * len(CANVAS_PATHS)]
+    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in rows]
+    stock = paths["stock"]
+    lines.append(f"\n* scaled from the first {stock['compile_shapes_compiled']} of {stock['image_shapes']} shapes "
+                 f"compiled ({results['compile_backend']})")
+    loader = results["loader"]
+    if loader:
+        lines.append(f"loader: {loader['images_per_s']:.1f} images/s with {loader['workers']} workers (CPPE-5 test "
+                     f"split, augmented, at {results['sizes']['workload']['image_size']} px)")
+    goals = results["canvas_goals"]
+    lines += [f"goal {name}: {goal['value'] if isinstance(goal['value'], str) else round(goal['value'], 2)} "
+              f"({goal['target']}): {'met' if goal['met'] else 'not met'}" for name, goal in goals.items()]
+    if results["only"] == "canvas":
+        machine = results["machine"]
+        lines.append(f"{machine['cpu_count']} x {machine['processor']}, torch {machine['torch']}, load average "
+                     f"{machine['load_average_at_start']:.1f} -> {machine['load_average_at_end']:.1f}, total "
+                     f"{results['total_s']:.0f} s wall, {results['total_cpu_s']:.0f} s CPU")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(argv)
-    results = run(QUICK if args.quick else FULL, args.gaudi_python)
+    if args.only not in ("", "canvas"):
+        raise SystemExit(f"--only {args.only}: the one part that runs alone is canvas")
+    results = run(QUICK if args.quick else FULL, args.gaudi_python, args.only)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
-    print(format_table(results))
+    if args.only != "canvas":
+        print(format_table(results))
+    print(format_canvas_table(results))
     print(f"results: {output}")
     return 0
 

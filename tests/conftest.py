@@ -5,6 +5,7 @@ losses a run logged. Tests marked `slow` (entry runs, convergence, DDP, resume, 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,6 +64,55 @@ def reference_run(tiny_coco, tmp_path_factory) -> Path:
 
     output_dir = tmp_path_factory.mktemp("reference_run")
     assert run_in_process(entry_argv(tiny_coco, output_dir)) == 0
+    return output_dir
+
+
+ASPECT_SCALES = ((1, 1), (2, 1), (1, 2))  # (width, height) factors: square, landscape 2:1, portrait 1:2
+
+
+def extend_to_aspect_ratios(folder: Path) -> Path:
+    """A square synthetic COCO folder rewritten in place into three image shapes by image position (square,
+    landscape 2:1, portrait 1:2): each image is pasted top-left onto its corner colour, twice as wide or tall; boxes
+    keep their pixels. At image_size 64 their boxes are 64 x 64, 32 x 64 and 64 x 32: three canvases."""
+    for annotation_file in sorted((folder / "annotations").glob("*.json")):
+        coco = json.loads(annotation_file.read_text())
+        for i, entry in enumerate(coco["images"]):
+            width_factor, height_factor = ASPECT_SCALES[i % len(ASPECT_SCALES)]
+            path = folder / "images" / entry["file_name"]
+            with Image.open(path) as image:
+                extended = Image.new("RGB", (image.width * width_factor, image.height * height_factor),
+                                     image.getpixel((0, 0)))
+                extended.paste(image)
+            extended.save(path)
+            entry["width"], entry["height"] = extended.size
+        annotation_file.write_text(json.dumps(coco))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def aspect_ratio_dir(synthetic_dir, tmp_path_factory) -> Path:
+    """`synthetic_dir` in three shapes (`extend_to_aspect_ratios`): three canvases at image_size 64."""
+    return extend_to_aspect_ratios(shutil.copytree(synthetic_dir, tmp_path_factory.mktemp("aspect_ratios") / "data"))
+
+
+CANVAS_RUN_ARGUMENTS = ("--image_size", "64", "--image_buckets", "3")
+
+
+@pytest.fixture(scope="session")
+def canvas_coco(synthetic_coco, tmp_path_factory) -> Path:
+    """The entry runs' data with 12 train images in three shapes: with CANVAS_RUN_ARGUMENTS 4 images per canvas, 2
+    batches of 2 each."""
+    square = synthetic_coco(num_train=12, num_validation=2, image_size=32, min_objects=1, max_objects=3, seed=0)
+    return extend_to_aspect_ratios(shutil.copytree(square, tmp_path_factory.mktemp("canvas_coco") / "data"))
+
+
+@pytest.fixture(scope="session")
+def canvas_reference_run(canvas_coco, tmp_path_factory) -> Path:
+    """`reference_run` on `canvas_coco` with three aspect-ratio canvases."""
+    from entry_runs import entry_argv, run_in_process
+
+    output_dir = tmp_path_factory.mktemp("canvas_reference_run")
+    assert run_in_process(entry_argv(canvas_coco, output_dir, *CANVAS_RUN_ARGUMENTS)) == 0
     return output_dir
 
 

@@ -1,5 +1,8 @@
 """`python -m bench.run_bench --quick`: the numbers it reports agree with what the measured code does, and the
-derived ones (ratios, table) with the reported ones. Timings themselves are not asserted (load)."""
+derived ones (ratios, goals, tables) with the reported ones. Timings themselves are not asserted (load).
+
+The quick run compiles every path in its own process (slow); the canvas part's eager epoch and one canvas path's
+compilation also run in this process at the quick sizes (seconds), so make test-fast checks them."""
 
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.run_bench import MAX_MAP_DIFF, QUICK
+from bench.compile_warmup import compile_warmup
+from bench.run_bench import MAX_CANVAS_SHAPES, MAX_MAP_DIFF, QUICK, eager_epoch
 from bench.training_step import forward_and_loss
-from bench.workload import PATHS, build_model, make_batches, make_samples
+from bench.workload import CANVAS_PATHS, IMAGE_BUCKETS, PATHS, build_model, make_batches, make_samples
+from detr_ft.data.canvases import choose_canvases
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.device_matcher import worst_case_steps
 from detr_ft.model.matcher import hungarian_match
@@ -22,7 +27,28 @@ from detr_ft.train.sync_audit import HostSyncCounter
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow  # compiles both paths, each in its own process
+
+@pytest.fixture(scope="module", autouse=True)
+def denormals_back_to_default():
+    """The bench's build_model flushes denormals for its process: not for the tests after these."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+@pytest.fixture(scope="module")
+def quick_epoch() -> dict[str, dict]:
+    """The canvas part's eager epoch of every image path at the quick sizes, in this process."""
+    return eager_epoch(QUICK.workload, QUICK.eager_every, QUICK.eager_chunks)
+
+
+MAIN_TABLE, CANVAS_TABLE = 0, 1  # the printed tables, in order; some row names stand in both
+
+
+def table_rows(printed: str, table: int) -> dict[str, list[str]]:
+    """Row name -> cells of one of the printed tables."""
+    lines = printed.split("| measure |")[1 + table].splitlines()
+    return {cells[0]: cells[1:] for cells in (
+        [cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("| "))}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +65,41 @@ def quick_run(tmp_path_factory) -> tuple[dict, str]:
 def quick_batches() -> dict[str, list[dict]]:
     """The batches of the quick workload, as each path collates them."""
     samples = make_samples(QUICK.workload)
-    return {path: make_batches(QUICK.workload, path, samples) for path in PATHS}
+    return {path: make_batches(QUICK.workload, path, samples) for path in CANVAS_PATHS}
 
 
+def test_canvas_paths_report_the_padding_and_shapes_of_their_own_batches(quick_epoch, quick_batches):
+    samples = make_samples(QUICK.workload)
+    sizes = [(sample["pixel_values"].shape[2], sample["pixel_values"].shape[1]) for sample in samples]  # (w, h)
+    for path in CANVAS_PATHS:
+        batches, reported = quick_batches[path], quick_epoch[path]
+        shapes = {tuple(batch["pixel_values"].shape[2:]) for batch in batches}
+        real = sum(int(batch["pixel_mask"].sum()) for batch in batches)
+        assert reported["padded_pixel_fraction"] == pytest.approx(
+            1 - real / sum(batch["pixel_mask"].numel() for batch in batches)), path
+        assert reported["image_shapes"] == len(shapes), path
+        assert reported["timed_steps"] == len(batches[::QUICK.eager_every]) and reported["images_per_s"] > 0, path
+        if path in IMAGE_BUCKETS:  # every batch on one of the canvases chosen from the epoch's sizes
+            assert shapes == set(choose_canvases(sizes, QUICK.workload.image_size, IMAGE_BUCKETS[path])), path
+    # The quick epoch's CPPE-5 shapes make two canvases, which pad less than the square.
+    assert quick_epoch["k2"]["image_shapes"] == 2
+    assert quick_epoch["k2"]["padded_pixel_fraction"] < quick_epoch["ours"]["padded_pixel_fraction"]
+
+
+def test_a_canvas_path_compiles_one_graph_per_canvas(quick_epoch):
+    """model.model compiled with dynamic=False on the K = 2 path: one graph per canvas (1 target bucket), none
+    broken; run in this process, so dynamo's state is put back afterwards."""
+    recompile_limit = torch._dynamo.config.recompile_limit
+    try:
+        run = compile_warmup(QUICK.workload, "k2", QUICK.compile_backend, MAX_CANVAS_SHAPES)
+    finally:
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = recompile_limit
+    assert run["compilations"] == run["epoch_image_shapes"] == quick_epoch["k2"]["image_shapes"] == 2
+    assert run["graph_breaks"] == 0
+
+
+@pytest.mark.slow  # the quick run compiles every path, each in its own process
 def test_reported_syncs_are_what_the_sync_audit_counts_on_the_same_steps(quick_run, quick_batches):
     results, _ = quick_run
     for path in PATHS:
@@ -54,20 +112,47 @@ def test_reported_syncs_are_what_the_sync_audit_counts_on_the_same_steps(quick_r
     assert results["syncs_per_step"]["ours"] == 1 and results["syncs_per_step"]["stock"] >= 14
 
 
+@pytest.mark.slow
 def test_static_path_compiles_once_per_bucket_and_stock_once_per_image_shape(quick_run, quick_batches):
-    """model.model is compiled with dynamic=False: each image shape is a graph (stock: its graph breaks, more)."""
+    """model.model is compiled with dynamic=False: each image shape is a graph (stock: its graph breaks, more; its
+    count is scaled from the shapes it compiled to the epoch's)."""
     results, _ = quick_run
-    compiled = {path: quick_batches[path][:QUICK.compile_batches] for path in PATHS}
-    image_shapes = {path: {tuple(batch["pixel_values"].shape) for batch in compiled[path]} for path in PATHS}
-    target_shapes = {tuple(batch["labels"]["class_labels"].shape) for batch in compiled["ours"]}
+    image_shapes = {path: {tuple(batch["pixel_values"].shape) for batch in quick_batches[path]} for path in PATHS}
+    target_shapes = {tuple(batch["labels"]["class_labels"].shape) for batch in quick_batches["ours"]}
 
     assert len(image_shapes["ours"]) == len(target_shapes) == results["num_buckets"] == 1
     assert results["recompiles"]["ours"] == results["num_buckets"] and results["graph_breaks"]["ours"] == 0
     assert results["image_shapes_compiled"] == {path: len(image_shapes[path]) for path in PATHS}
     assert results["recompiles"]["stock"] >= len(image_shapes["stock"]) > 1
-    assert results["compile_warmup_steps"] == QUICK.compile_epochs * len(compiled["ours"])
+    assert results["compile_warmup_steps"] == QUICK.workload.batches_per_epoch
 
 
+@pytest.mark.slow
+def test_canvas_ratios_and_goals_follow_from_the_reported_numbers(quick_run):
+    results, printed = quick_run
+    paths, ratios, goals = results["canvas_paths"], results["canvas_ratios"], results["canvas_goals"]
+    for path in CANVAS_PATHS:
+        images_per_s = paths[path]["images_per_s"]
+        assert ratios[path]["eager_vs_square"] == pytest.approx(images_per_s / paths["ours"]["images_per_s"])
+        assert ratios[path]["eager_vs_stock"] == pytest.approx(images_per_s / paths["stock"]["images_per_s"])
+        assert ratios[path]["compile_warmup_stock_over_path"] == pytest.approx(
+            paths["stock"]["compile_warmup_s"] / paths[path]["compile_warmup_s"])
+    for path in IMAGE_BUCKETS:  # our paths compile every shape of the epoch: one graph per canvas
+        assert paths[path]["compile_graphs"] == paths[path]["image_shapes"] and not paths[path]["compile_estimated"]
+    best = goals["recommended"]["value"]
+    assert paths[best]["images_per_s"] == max(paths[path]["images_per_s"] for path in ("k2", "k3"))
+    assert goals["eager_vs_square"]["met"] == (ratios[best]["eager_vs_square"] >= 1.3)
+    assert goals["eager_vs_stock"]["met"] == (ratios[best]["eager_vs_stock"] >= 1.2)
+    assert goals["compile_warmup"]["met"] == (ratios[best]["compile_warmup_stock_over_path"] >= 10)
+    if results["loader"]:
+        consumed = max(results["loader"]["step_images_per_s"].values())
+        assert goals["loader"]["met"] == (results["loader"]["images_per_s"] >= 2 * consumed)
+    rows = table_rows(printed, CANVAS_TABLE)
+    assert rows["eager vs square"] == [f"{ratios[path]['eager_vs_square']:.2f}x" for path in CANVAS_PATHS]
+    assert rows["padded-pixel fraction"] == [f"{paths[path]['padded_pixel_fraction']:.3f}" for path in CANVAS_PATHS]
+
+
+@pytest.mark.slow
 def test_gaudi_stack_syncs_once_per_step(quick_run):
     results, printed = quick_run
     gaudi = results["gaudi_stack"]
@@ -79,6 +164,7 @@ def test_gaudi_stack_syncs_once_per_step(quick_run):
     assert "host syncs per step, Gaudi stack" in printed
 
 
+@pytest.mark.slow
 def test_ratios_follow_from_the_reported_numbers(quick_run):
     results, _ = quick_run
     eager, warmup, map_seconds = results["eager_steps_per_s"], results["compile_warmup_s"], results["map_eval_s"]
@@ -88,6 +174,7 @@ def test_ratios_follow_from_the_reported_numbers(quick_run):
     assert results["goals"]["eager_ratio"]["met"] == (results["eager_ratio"] >= 1.0)
 
 
+@pytest.mark.slow
 def test_device_matcher_is_timed_against_scipy(quick_run):
     results, printed = quick_run
     matcher = results["device_matcher"]
@@ -96,6 +183,7 @@ def test_device_matcher_is_timed_against_scipy(quick_run):
     assert "matcher ms per step, 2 layers x 2 images" in printed
 
 
+@pytest.mark.slow
 def test_training_step_per_matcher_finds_the_same_loss_and_the_device_matcher_reads_nothing(quick_run):
     """Every matcher's step computes the loss of the host matcher's step, recomputed here on the same batch (the
     device matcher is exact); QUICK's short step count covers the worst case, so the device step reads nothing."""
@@ -114,17 +202,17 @@ def test_training_step_per_matcher_finds_the_same_loss_and_the_device_matcher_re
     assert f"batch {batch_size}, {target_slots} target slots: scipy {step['ms_per_step']['scipy']:.0f}" in printed
 
 
+@pytest.mark.slow
 def test_map_evaluations_agree(quick_run):
     results, _ = quick_run
     assert abs(results["map"]["ours"] - results["map"]["pycocotools"]) <= results["map_max_abs_diff"] <= MAX_MAP_DIFF
     assert 0 < results["map"]["ours"] < 1
 
 
+@pytest.mark.slow
 def test_table_prints_the_reported_numbers(quick_run):
     results, printed = quick_run
-    rows = {cells[0]: cells[1:] for cells in (
-        [cell.strip() for cell in line.strip("|").split("|")] for line in printed.splitlines() if line.startswith("| ")
-    )}
+    rows = table_rows(printed, MAIN_TABLE)
 
     def row(prefix: str) -> list[str]:
         """The row named `prefix`, else the one row whose name starts with it (the Gaudi stack's syncs have a row of

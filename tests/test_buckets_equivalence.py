@@ -6,17 +6,21 @@ summed in another order) drift apart with every optimizer step, by an amount tha
 CPU's kernels (10 steps: 1.4e-5 relative with 2 threads). One model, one forward and both losses on its outputs give
 a tight, deterministic comparison; the optimizer then steps with our loss's gradients, so later steps check realistic
 training states, not only the initialisation. tests/test_train.py keeps a short end-to-end run through the entry.
+With three aspect-ratio canvases (`--image_buckets 3`) the batches come from the canvas sampler and change shape from
+step to step: the equivalence holds on every canvas.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 from torch import Tensor
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
+from detr_ft.data.canvases import CanvasGroupedSampler, choose_canvases
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
@@ -56,26 +60,37 @@ def deviation(actual: Tensor, expected: Tensor, scale: Tensor) -> float:
     return float((actual.detach() - expected.detach()).abs().max() / scale)
 
 
-def test_padded_loss_and_gradients_equal_stock_at_every_training_step(synthetic_dir):
+@pytest.mark.parametrize("image_buckets", [1, 3])
+def test_padded_loss_and_gradients_equal_stock_at_every_training_step(request, image_buckets):
     torch.manual_seed(0)
-    split = load_coco_folder(synthetic_dir, "train")
+    data_dir = request.getfixturevalue("synthetic_dir" if image_buckets == 1 else "aspect_ratio_dir")
+    split = load_coco_folder(data_dir, "train")
     classes = ClassMapping.from_categories(split.coco["categories"])
     category_to_label, id2label = classes.category_to_label, classes.id2label
-    dataset = DetectionDataset(split, category_to_label, IMAGE_SIZE)  # no augmentation: batches are what they say
-    stock_collator = DetectionCollator(IMAGE_SIZE)  # labels: a list of per-image dicts, as --num_buckets 0
-    padded_collator = DetectionCollator(IMAGE_SIZE, compute_bucket_sizes(dataset.object_counts(), 1))
+    canvases = choose_canvases(split.image_sizes(), IMAGE_SIZE, image_buckets)
+    assert len(canvases) == image_buckets
+    # no augmentation: batches are what they say
+    dataset = DetectionDataset(split, category_to_label, IMAGE_SIZE, canvases=canvases)
+    # labels: a list of per-image dicts, as --num_buckets 0
+    stock_collator = DetectionCollator(canvases=canvases)
+    padded_collator = DetectionCollator(bucket_sizes=compute_bucket_sizes(dataset.object_counts(), 1),
+                                        canvases=canvases)
     model = build_model("detr-tiny", id2label)  # dropout 0.0: the forward is deterministic
     names, parameters = zip(*[(name, p) for name, p in model.named_parameters() if p.requires_grad], strict=True)
     optimizer = build_optimizer(model, LEARNING_RATE, LEARNING_RATE, weight_decay=0.0)
     captured = CapturedOutputs()
     model.loss_function = captured
     model.train()
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
-    padded_batches = 0
+    if image_buckets > 1:
+        order = list(CanvasGroupedSampler(dataset.canvas_of, BATCH_SIZE, seed=0))
+    else:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    padded_batches, shapes = 0, set()
     for step in range(STEPS):
         samples = [dataset[i] for i in order[step * BATCH_SIZE:(step + 1) * BATCH_SIZE]]
         stock_batch, padded_batch = stock_collator(samples), padded_collator(samples)
         padded_batches += int(not padded_batch["labels"]["valid"].all())
+        shapes.add(tuple(padded_batch["pixel_values"].shape[2:]))
 
         model(pixel_values=padded_batch["pixel_values"], pixel_mask=padded_batch["pixel_mask"],
               labels=padded_batch["labels"])
@@ -102,3 +117,4 @@ def test_padded_loss_and_gradients_equal_stock_at_every_training_step(synthetic_
         optimizer.step()
         optimizer.zero_grad()
     assert padded_batches > 0, "no batch had padding rows: the loss's padding mask went untested"
+    assert shapes == set(canvases), "not every canvas was trained on"

@@ -70,7 +70,7 @@ def test_fuller_eval_images_get_one_more_bucket_and_a_queries_warning(tmp_path, 
                         StaticShapeArguments(pad_objects=True, num_buckets=1))
     eval_max = int(data.eval.object_counts().max())
     assert data.bucket_sizes == [2] and eval_max >= 5
-    assert data.collator(48).bucket_sizes == [2, eval_max]
+    assert data.collator().bucket_sizes == [2, eval_max]
     warn_queries_overflow(data, num_queries=4)
     assert "eval: 3 images have more objects than num_queries=4" in caplog.text
     assert not any("train:" in r.getMessage() and "num_queries" in r.getMessage() for r in caplog.records)

@@ -14,7 +14,7 @@ from entry_runs import REPO, entry_argv, run_in_process
 
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
 from detr_ft.train.arguments import parse_arguments, user_set_flags
-from detr_ft.train.flag_checks import static_shape_defaults
+from detr_ft.train.flag_checks import FlagError, check_flags, static_shape_defaults
 
 
 class ModelBuilt(AssertionError):
@@ -44,6 +44,9 @@ def data_dir(tiny_coco):
     (["--save_steps", "500", "--eval_strategy", "no"], "--save_steps: checkpoints and mAP evaluations go together"),
     (["--eval_strategy", "no"], "--eval_strategy no: the project sets steps"),
     (["--backbone_lr", "-0.001"], "--backbone_lr -0.001: must be >= 0"),
+    (["--image_buckets", "0"], "--image_buckets 0: must be >= 1"),
+    (["--pad_images", "false", "--image_buckets", "2"], "--image_buckets 2: needs --pad_images"),
+    (["--dataloader_num_workers", "-2"], "--dataloader_num_workers -2: must be >= 0"),
 ])
 def test_bad_flags_are_refused_before_anything_is_read_or_written(data_dir, tmp_path, no_model, caplog, flags, named):
     output_dir = tmp_path / "run"
@@ -123,6 +126,16 @@ def test_graph_compiling_devices_pad_images_unless_turned_off(flags, compiler, c
     assert not shapes.pad_images
     assert f"{compiler} with --pad_images false: every new batch image shape compiles a new graph" in caplog.text
     assert f"{compiler} without --pad_objects --num_buckets N" in caplog.text
+
+
+def test_image_buckets_pass_where_a_graph_compiler_turns_image_padding_on():
+    argv = ["--output_dir", "unused", "--model_name_or_path", "detr-tiny", "--torch_compile", "--image_buckets", "2"]
+    model, data, shapes, device, training = parse_arguments(argv)
+    check_flags(model, data, shapes, device, training, user_set_flags(argv))  # pad_images comes on by default
+
+    argv = ["--output_dir", "unused", "--model_name_or_path", "detr-tiny", "--image_buckets", "2"]
+    with pytest.raises(FlagError, match="--image_buckets 2: needs --pad_images"):
+        check_flags(*parse_arguments(argv), user_set_flags(argv))
 
 
 def test_eager_cpu_keeps_image_padding_off():

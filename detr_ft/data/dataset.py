@@ -1,6 +1,7 @@
 """Model samples from a split: pixels as `images.Preprocessing` makes them, and boxes normalised to their image.
 
-    image  -> RGB -> augment (train only) -> `Preprocessing.pixels` (resize to fit image_size, ImageNet normalisation)
+    image  -> RGB -> augment (train only) -> `Preprocessing.pixels` (resize to fit the image's canvas: long side
+              image_size; ImageNet normalisation)
     boxes  -> COCO [x, y, w, h] pixels -> normalised (cx, cy, w, h) relative to the unpadded image
 
 Boxes are normalised by the image they belong to, before any padding (the original DETR convention), so
@@ -17,7 +18,8 @@ import torch
 from PIL import Image
 
 from detr_ft.data.augmentation import reseed_augmentation
-from detr_ft.data.images import Preprocessing
+from detr_ft.data.canvases import assign_canvases
+from detr_ft.data.images import Canvas, Preprocessing
 from detr_ft.data.sources import CocoSplit
 
 logger = logging.getLogger(__name__)
@@ -65,15 +67,20 @@ def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[t
 
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """Model samples from a `CocoSplit`: pixel_values (3, h, w) with max(h, w) == image_size, plus targets."""
+    """Model samples from a `CocoSplit`: pixel_values (3, h, w) with max(h, w) == image_size, plus targets.
+
+    `canvases` (H, W) (`detr_ft.data.canvases`; default the image_size square): each image is fitted into the one
+    `canvas_of` names, chosen from its json width and height."""
 
     def __init__(self, split: CocoSplit, category_to_label: dict[int, int], image_size: int,
-                 augmentation: A.Compose | None = None):
+                 augmentation: A.Compose | None = None, canvases: list[Canvas] | None = None):
         self.split = split
         self.image_size = image_size
         self.preprocessing = Preprocessing(image_size)
         self.augmentation = augmentation
         self.objects = clean_objects(split, category_to_label)
+        self.canvases = canvases or [(image_size, image_size)]
+        self.canvas_of = assign_canvases(split.image_sizes(), image_size, self.canvases)  # (N,)
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -93,7 +100,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         size = np.array([image.width, image.height], np.float32)  # (2,)
         centers = (boxes[:, :2] + boxes[:, 2:] / 2) / size  # (n, 2)
         return {
-            "pixel_values": self.preprocessing.pixels(image),  # (3, h, w)
+            "pixel_values": self.preprocessing.pixels(image, self.canvases[self.canvas_of[i]]),  # (3, h, w)
             "class_labels": torch.from_numpy(labels),  # (n,)
             "boxes": torch.from_numpy(np.concatenate([centers, boxes[:, 2:] / size], axis=1)),  # (n, 4)
             "image_index": torch.tensor(i),
@@ -101,25 +108,30 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 
 class PaddedToMultiple(torch.utils.data.Dataset):
-    """Evaluation set padded with blank filler images (image_index -1, no objects) to a multiple of `multiple`.
+    """Evaluation set grouped by canvas, each group padded with blank filler images (image_index -1, no objects) of
+    its canvas to a multiple of `multiple`.
 
-    With it every evaluation batch is full, so shapes stay constant with `dataloader_drop_last=True`; the
-    metrics skip the fillers.
+    With it every evaluation batch is full and on one canvas, so shapes stay constant with
+    `dataloader_drop_last=True`; the metrics skip the fillers. One canvas: the dataset in order, then the fillers.
     """
 
     def __init__(self, dataset: DetectionDataset, multiple: int):
         self.dataset = dataset
-        self.length = -(-len(dataset) // multiple) * multiple
+        self.order: list[tuple[int, int]] = []  # (dataset index or -1 for a filler, canvas index)
+        for canvas, _ in enumerate(dataset.canvases):
+            members = np.flatnonzero(dataset.canvas_of == canvas).tolist()
+            self.order += [(i, canvas) for i in members] + [(-1, canvas)] * (-len(members) % multiple)
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.order)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if i < len(self.dataset):
-            return self.dataset[i]
-        size = self.dataset.image_size
+        index, canvas = self.order[i]
+        if index >= 0:
+            return self.dataset[index]
+        height, width = self.dataset.canvases[canvas]
         return {
-            "pixel_values": torch.zeros(3, size, size),  # (3, s, s)
+            "pixel_values": torch.zeros(3, height, width),  # (3, H, W)
             "class_labels": torch.zeros(0, dtype=torch.int64),  # (0,)
             "boxes": torch.zeros(0, 4),  # (0, 4)
             "image_index": torch.tensor(-1),

@@ -1,7 +1,8 @@
 """Preprocessing, the one source of truth: how a stored image becomes the model's pixels, in training and after.
 
-    image -> 8-bit RGB, EXIF orientation applied (`to_rgb`) -> resized so its long side is image_size
-    (`resize_to_fit`) -> / 255, ImageNet mean / std (`Preprocessing.pixels`) -> padded by the collator
+    image -> 8-bit RGB, EXIF orientation applied (`to_rgb`) -> resized so its long side is image_size, or
+    smaller where that would overflow its canvas (`fitted_size`) -> / 255, ImageNet mean / std
+    (`Preprocessing.pixels`) -> padded to its canvas by the collator
 
 `Preprocessing` is saved with every checkpoint as the `DetrImageProcessor` that does the same (so
 `pipeline("object-detection", model=checkpoint)` preprocesses as training did) and read back from it by
@@ -22,26 +23,39 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+Canvas = tuple[int, int]  # (height, width) a batch is padded to
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """Fit into image_size x image_size (aspect kept); `pad_images`: pad every image to that square."""
+    """Fit into image_size x image_size (aspect kept); `pad_images`: pad every image to that square, or with
+    `image_canvases` to the smallest of those (H, W) canvases holding it (`detr_ft.data.canvases`)."""
 
     image_size: int
     pad_images: bool = False
+    image_canvases: tuple[Canvas, ...] = ()
 
     @property
-    def canvas(self) -> int | None:
-        """The side every batch is padded to; None: the batch's largest image (stock behaviour)."""
-        return self.image_size if self.pad_images else None
+    def canvases(self) -> list[Canvas] | None:
+        """The (H, W) canvases batches are padded to; None: the batch's largest image (stock behaviour)."""
+        if not self.pad_images:
+            return None
+        return list(self.image_canvases) or [(self.image_size, self.image_size)]
 
-    def pixels(self, image: Image.Image) -> torch.Tensor:
-        """An RGB image as the model's input: (3, h, w) float, max(h, w) == image_size, ImageNet-normalised."""
-        pixels = np.asarray(resize_to_fit(image, self.image_size), np.float32) / 255.0  # (h, w, 3)
+    def pixels(self, image: Image.Image, canvas: Canvas | None = None) -> torch.Tensor:
+        """An RGB image as the model's input: (3, h, w) float fitted into `canvas` (default: the square; see
+        `fitted_size`), ImageNet-normalised."""
+        canvas = canvas or (self.image_size, self.image_size)
+        pixels = np.asarray(resize_to_fit(image, canvas), np.float32) / 255.0  # (h, w, 3)
         pixels = (pixels - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)  # (h, w, 3)
         return torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # (3, h, w)
 
     def image_processor(self) -> DetrImageProcessor:
-        """The transformers processor that preprocesses like `pixels` and the collator's padding."""
+        """The transformers processor that preprocesses like `pixels` and the collator's padding.
+
+        It pads to one size: with canvases, to the square that holds them all (the model masks padding, so
+        `pipeline` still works); `image_canvases` rides along in preprocessor_config.json for our own tools."""
+        canvases = {"image_canvases": [list(canvas) for canvas in self.image_canvases]} if self.image_canvases else {}
         return DetrImageProcessor(
             size={"shortest_edge": self.image_size, "longest_edge": self.image_size},
             resample=Image.BILINEAR,
@@ -49,13 +63,15 @@ class Preprocessing:
             image_std=list(IMAGENET_STD),
             do_pad=True,
             pad_size={"height": self.image_size, "width": self.image_size} if self.pad_images else None,
+            **canvases,
         )
 
     @classmethod
     def from_saved(cls, model_path: str | Path) -> Preprocessing:
         """The preprocessing a model was trained with, from its saved processor (see `image_processor`)."""
         processor = DetrImageProcessor.from_pretrained(model_path)
-        return cls(processor.size["longest_edge"], processor.pad_size is not None)
+        canvases = tuple(tuple(canvas) for canvas in getattr(processor, "image_canvases", None) or ())
+        return cls(processor.size["longest_edge"], processor.pad_size is not None, canvases)
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -85,10 +101,20 @@ def to_rgb(image: Image.Image, annotated_size: tuple[int, int] | None = None) ->
     return image.convert("RGB")
 
 
-def resize_to_fit(image: Image.Image, size: int) -> Image.Image:
-    """Scale so that the longest side is `size`, keeping the aspect ratio."""
-    scale = size / max(image.size)
-    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+def fitted_size(width: int, height: int, canvas: Canvas) -> tuple[int, int]:
+    """(width, height) of an image resized into `canvas` (H, W), aspect kept: its long side becomes the canvas's
+    long side (image_size) when that fits, which it always does in the square and for an image whose canvas was
+    chosen from its size; else (e.g. a crop of another shape) the largest size that fits."""
+    canvas_height, canvas_width = canvas
+    scale = max(canvas) / max(width, height)
+    if round(width * scale) > canvas_width or round(height * scale) > canvas_height:
+        scale = min(canvas_width / width, canvas_height / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_to_fit(image: Image.Image, canvas: Canvas) -> Image.Image:
+    """`image` resized to its `fitted_size` in `canvas` (H, W)."""
+    new_size = fitted_size(image.width, image.height, canvas)
     return image if new_size == image.size else image.resize(new_size, Image.BILINEAR)
 
 

@@ -1,6 +1,7 @@
 """Batching with static shapes: images padded to one canvas, targets padded to a few bucket sizes.
 
-Images: padded bottom/right with zeros to image_size x image_size (`pad_images`) or to the batch's largest
+Images: padded bottom/right with zeros to the smallest canvas holding the batch's images (`pad_images`: the
+image_size x image_size square, or the aspect-ratio canvases of `detr_ft.data.canvases`) or to the batch's largest
 image (stock behaviour); `pixel_mask` marks real pixels.
 
 Targets: with buckets, a batch's targets are padded to T = the smallest bucket holding its fullest image and
@@ -21,9 +22,11 @@ import logging
 import numpy as np
 import torch
 
+from detr_ft.data.images import Canvas
 from detr_ft.model.box_ops import PAD_BOX
 
 logger = logging.getLogger(__name__)
+
 
 def compute_bucket_sizes(object_counts: np.ndarray, num_buckets: int) -> list[int]:
     """Sorted bucket sizes (>= 1) for `num_buckets` >= 1 from the objects-per-image counts."""
@@ -34,12 +37,18 @@ def compute_bucket_sizes(object_counts: np.ndarray, num_buckets: int) -> list[in
 
 
 class DetectionCollator:
-    """Collate samples of `DetectionDataset` into the model's batch dict."""
+    """Collate samples of `DetectionDataset` into the model's batch dict.
 
-    def __init__(self, image_size: int | None = None, bucket_sizes: list[int] | None = None):
-        self.image_size = image_size
+    Images go to the square `image_size` canvas, or the smallest of `canvases` (H, W) holding them all; neither
+    given: the batch's largest image."""
+
+    def __init__(self, image_size: int | None = None, bucket_sizes: list[int] | None = None,
+                 canvases: list[Canvas] | None = None):
+        square = [(image_size, image_size)] if image_size else None
+        self.canvases = sorted(canvases or square or [], key=lambda canvas: canvas[0] * canvas[1]) or None
         self.bucket_sizes = sorted(bucket_sizes) if bucket_sizes else None
         self.overflow_warned = False
+        self.canvas_overflow_warned = False
 
     def __call__(self, samples: list[dict[str, torch.Tensor]]) -> dict:
         return {**self.pad_images(samples), "labels": self.targets(samples)}
@@ -47,14 +56,27 @@ class DetectionCollator:
     def pad_images(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         heights = [s["pixel_values"].shape[1] for s in samples]
         widths = [s["pixel_values"].shape[2] for s in samples]
-        height = self.image_size or max(heights)
-        width = self.image_size or max(widths)
+        height, width = self.canvas_for(max(heights), max(widths))
         pixel_values = torch.zeros(len(samples), 3, height, width)  # (B, 3, H, W)
         pixel_mask = torch.zeros(len(samples), height, width, dtype=torch.int64)  # (B, H, W)
         for i, (sample, h, w) in enumerate(zip(samples, heights, widths, strict=True)):
             pixel_values[i, :, :h, :w] = sample["pixel_values"]
             pixel_mask[i, :h, :w] = 1
         return {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+
+    def canvas_for(self, height: int, width: int) -> Canvas:
+        """The smallest canvas holding a height x width image; without canvases (or when none holds it, with a
+        warning: a new shape) that size itself."""
+        if self.canvases is None:
+            return height, width
+        for canvas in self.canvases:
+            if height <= canvas[0] and width <= canvas[1]:
+                return canvas
+        if not self.canvas_overflow_warned:
+            logger.warning("a batch's images need %d x %d, more than any canvas %s: it gets its own shape",
+                           height, width, self.canvases)
+            self.canvas_overflow_warned = True
+        return height, width
 
     def bucket_for(self, num_objects: int) -> int:
         position = bisect.bisect_left(self.bucket_sizes, num_objects)

@@ -1,4 +1,5 @@
-"""The data of one training run: validated splits, their datasets, the class mapping and the target buckets."""
+"""The data of one training run: validated splits, their datasets, the class mapping, the image canvases and the
+target buckets."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass
 from PIL import Image
 
 from detr_ft.data.augmentation import train_augmentation
+from detr_ft.data.canvases import CanvasGroupedSampler, choose_canvases, padded_pixel_fraction
 from detr_ft.data.dataset import DetectionDataset, is_crowd
+from detr_ft.data.images import Canvas
 from detr_ft.data.labels import ClassMapping, missing_names
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.data.sources import CocoSplit, DatasetError, carve_validation, load_splits
@@ -25,6 +28,24 @@ class PreparedData:
     classes: ClassMapping
     bucket_sizes: list[int] | None
     eval_classes: ClassMapping  # `classes` matched by name to the eval split's own category ids
+    canvases: list[Canvas] | None = None  # --pad_images: the (H, W) canvases; None: stock per-batch padding
+
+    @property
+    def padded_pixel_fraction(self) -> float | None:
+        """Padding share of the training images' canvas pixels (json sizes; augmentation crops aside)."""
+        if self.canvases is None:
+            return None
+        return padded_pixel_fraction(self.train.split.image_sizes(), self.canvases, self.train.canvas_of)
+
+    def train_sampler(self, global_batch_size: int, seed: int) -> CanvasGroupedSampler | None:
+        """Batches on one canvas each when there are several; None: the trainer's own random sampler."""
+        if self.canvases is None or len(self.canvases) == 1:
+            return None
+        return CanvasGroupedSampler(self.train.canvas_of, global_batch_size, seed)
+
+    def images_per_canvas(self) -> list[int]:
+        """Training images of each canvas: each canvas drops its own last partial batch."""
+        return [int((self.train.canvas_of == k).sum()) for k in range(len(self.train.canvases))]
 
     @property
     def eval_split(self) -> CocoSplit:
@@ -35,13 +56,13 @@ class PreparedData:
         """File name of each training image, "" for hub datasets: what error messages name besides the index."""
         return [image["file_name"] for image in self.train.split.coco["images"]]
 
-    def collator(self, image_size: int | None) -> DetectionCollator:
+    def collator(self) -> DetectionCollator:
         """An eval image may hold more objects than any train image: that count becomes one more bucket."""
         buckets = self.bucket_sizes
         eval_max = int(self.eval.object_counts().max(initial=0))
         if buckets and eval_max > buckets[-1]:
             buckets = [*buckets, eval_max]
-        return DetectionCollator(image_size, buckets)
+        return DetectionCollator(bucket_sizes=buckets, canvases=self.canvases)
 
 
 def class_name_problems(train: CocoSplit, evaluation: CocoSplit) -> list[str]:
@@ -89,18 +110,26 @@ def prepare_data(data: DataArguments, shapes: StaticShapeArguments) -> PreparedD
     train_split, eval_split = validated_splits(data)
     classes = ClassMapping.from_categories(train_split.coco["categories"])
     augmentation = train_augmentation() if data.augment else None
-    train = DetectionDataset(train_split, classes.category_to_label, data.image_size, augmentation)
+    canvases = None
+    if shapes.pad_images:
+        canvases = choose_canvases(train_split.image_sizes(), data.image_size, shapes.image_buckets)
+    train = DetectionDataset(train_split, classes.category_to_label, data.image_size, augmentation, canvases)
     eval_classes = ClassMapping.for_model(classes.id2label, eval_split.coco["categories"])
     if eval_classes != classes:
         logger.info("the eval split numbers the classes otherwise than train: matched by name (%s)",
                     ", ".join(f"{name} {ours}->{theirs}" for name, ours, theirs in
                               zip(classes.names, classes.category_ids, eval_classes.category_ids, strict=True)
                               if ours != theirs))
-    evaluation = DetectionDataset(eval_split, eval_classes.category_to_label, data.image_size)
+    evaluation = DetectionDataset(eval_split, eval_classes.category_to_label, data.image_size, canvases=canvases)
     buckets = compute_bucket_sizes(train.object_counts(), shapes.num_buckets) if shapes.buckets_on else None
+    prepared = PreparedData(train, evaluation, classes, buckets, eval_classes, canvases)
     logger.info("train: %d images, eval: %d images, classes: %s, target buckets: %s",
                 len(train), len(evaluation), list(classes.names), buckets or "none (stock variable targets)")
-    return PreparedData(train, evaluation, classes, buckets, eval_classes)
+    if canvases:
+        logger.info("image canvases (H, W): %s, train images per canvas: %s, padded pixels: %.1f%%; graphs per "
+                    "run: %d canvases x %s target buckets", canvases, prepared.images_per_canvas(),
+                    100 * prepared.padded_pixel_fraction, len(canvases), len(buckets) if buckets else "variable")
+    return prepared
 
 
 def warn_queries_overflow(data: PreparedData, num_queries: int) -> None:

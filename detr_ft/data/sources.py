@@ -44,6 +44,10 @@ class CocoSplit:
         with self.read_image(i) as image:
             return to_rgb(image, (entry["width"], entry["height"]))
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every image, from the json (nothing is decoded)."""
+        return [(image["width"], image["height"]) for image in self.coco["images"]]
+
     def subset(self, indices: list[int], name: str) -> CocoSplit:
         images = [self.coco["images"][i] for i in indices]
         kept = {image["id"] for image in images}

@@ -26,6 +26,7 @@ from transformers import EvalPrediction, PreTrainedModel, PrinterCallback, Train
 from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
 from detr_ft.data.dataset import DetectionDataset, PaddedToMultiple
+from detr_ft.data.images import Canvas
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator, batch_image_index
 from detr_ft.data.sources import CocoSplit
@@ -97,12 +98,13 @@ class CocoMetrics(RowCollector):
         return coco_map(self.split.coco, detections, self.classes.category_names)
 
 
-def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, pad_to: int | None, batch_size: int,
-                 show_progress: bool = True) -> np.ndarray:
+def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, canvases: list[Canvas] | None,
+                 batch_size: int, show_progress: bool = True) -> np.ndarray:
     """Rows (N, Q, 7) [score, label, cx, cy, w, h, image_index] for the N images of `dataset`, in dataset order.
 
     The evaluation loop of training: `Trainer.evaluate` with `batch_eval_metrics`, full batches of the padded
-    set (`PaddedToMultiple`), images padded to `pad_to` x `pad_to` (None: to the batch's largest image).
+    set (`PaddedToMultiple`, grouped by the dataset's canvases), images padded to the smallest of `canvases`
+    (H, W) holding them (None: to the batch's largest image).
     """
     collector = RowCollector()
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer insists on an output_dir; nothing is saved
@@ -110,7 +112,7 @@ def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, pad_to: int 
                                  dataloader_drop_last=True, remove_unused_columns=False, report_to="none",
                                  disable_tqdm=not show_progress)
         trainer = gather_image_index_as_labels(Trainer(
-            model=model, args=args, data_collator=DetectionCollator(pad_to),
+            model=model, args=args, data_collator=DetectionCollator(canvases=canvases),
             eval_dataset=PaddedToMultiple(dataset, batch_size * args.world_size), compute_metrics=collector,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics))
         if not show_progress:

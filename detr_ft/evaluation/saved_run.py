@@ -69,8 +69,12 @@ def split_rows(model: DetrForObjectDetection, model_path: str | Path, split: Coc
                batch_size: int, image_size: int | None = None, pad_images: bool = False,
                show_progress: bool = True) -> np.ndarray:
     """Rows (N, Q, 7) of `predict_rows` on `split`, preprocessed as the model was trained (its saved processor:
-    fit into image_size, padded to image_size x image_size or not) unless overridden."""
+    fit into image_size, padded to image_size x image_size, to its aspect-ratio canvases or not) unless overridden
+    (another image_size drops the canvases, which were chosen for the trained one)."""
     trained = Preprocessing.from_saved(model_path)
-    preprocessing = Preprocessing(image_size or trained.image_size, pad_images or trained.pad_images)
-    dataset = DetectionDataset(split, classes.category_to_label, preprocessing.image_size)
-    return predict_rows(model, dataset, preprocessing.canvas, batch_size, show_progress)
+    same_size = image_size in (None, trained.image_size)
+    preprocessing = Preprocessing(image_size or trained.image_size, pad_images or trained.pad_images,
+                                  trained.image_canvases if same_size else ())
+    dataset = DetectionDataset(split, classes.category_to_label, preprocessing.image_size,
+                               canvases=preprocessing.canvases)
+    return predict_rows(model, dataset, preprocessing.canvases, batch_size, show_progress)

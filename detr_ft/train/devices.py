@@ -56,7 +56,9 @@ def check_device_settings(device: DeviceArguments) -> str:
 
 def training_arguments(device_type: str, device: DeviceArguments, training: TrainingArguments) -> TrainingArguments:
     """TrainingArguments for CPU/CUDA, GaudiTrainingArguments for HPU or `--trainer gaudi`."""
-    common = {"use_cpu": device_type == "cpu", "bf16": training.bf16 or device.autocast}
+    # Pinned host memory speeds up copies to an accelerator; on CPU there is no copy to speed up.
+    common = {"use_cpu": device_type == "cpu", "bf16": training.bf16 or device.autocast,
+              "dataloader_pin_memory": training.dataloader_pin_memory and device_type != "cpu"}
     if device_type != "hpu" and device.trainer != "gaudi":
         return dataclasses.replace(training, **common)
     from optimum.habana import GaudiTrainingArguments
@@ -82,18 +84,28 @@ class DetrTrainer(LossFromOutputs, Trainer):
     """transformers' Trainer computing the loss from a label-free forward (detr_ft/train/trainer_loss.py)."""
 
 
-def build_trainer(device: DeviceArguments, args: TrainingArguments, **trainer_kwargs) -> Trainer:
+def build_trainer(device: DeviceArguments, args: TrainingArguments,
+                  train_sampler: torch.utils.data.Sampler | None = None, **trainer_kwargs) -> Trainer:
     """The trainer that goes with `args`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...).
-    Both compute the loss outside the model's forward (`LossFromOutputs`)."""
+    Both compute the loss outside the model's forward (`LossFromOutputs`).
+
+    `train_sampler` replaces the trainer's random one (`canvases.CanvasGroupedSampler`); both trainers build their
+    training DataLoader from `_get_train_sampler()` with the per-device batch size and drop_last, and accelerate
+    passes a custom sampler on (sharding its batches over processes) and calls its `set_epoch`."""
     if type(args) is TrainingArguments:
-        return DetrTrainer(args=args, **trainer_kwargs)
-    from optimum.habana import GaudiConfig, GaudiTrainer
+        trainer = DetrTrainer(args=args, **trainer_kwargs)
+    else:
+        from optimum.habana import GaudiConfig, GaudiTrainer
 
-    class DetrGaudiTrainer(LossFromOutputs, GaudiTrainer):
-        """optimum-habana's GaudiTrainer computing the loss from a label-free forward."""
+        class DetrGaudiTrainer(LossFromOutputs, GaudiTrainer):
+            """optimum-habana's GaudiTrainer computing the loss from a label-free forward."""
 
-    # GaudiTrainer calls GaudiConfig.from_pretrained(None) unless it gets an object: always pass one.
-    on_hpu = args.use_habana
-    gaudi_config = (GaudiConfig.from_pretrained(device.gaudi_config_name) if device.gaudi_config_name
-                    else GaudiConfig(use_fused_adam=on_hpu, use_fused_clip_norm=on_hpu, use_torch_autocast=args.bf16))
-    return DetrGaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)
+        # GaudiTrainer calls GaudiConfig.from_pretrained(None) unless it gets an object: always pass one.
+        on_hpu = args.use_habana
+        gaudi_config = (GaudiConfig.from_pretrained(device.gaudi_config_name) if device.gaudi_config_name
+                        else GaudiConfig(use_fused_adam=on_hpu, use_fused_clip_norm=on_hpu,
+                                         use_torch_autocast=args.bf16))
+        trainer = DetrGaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)
+    if train_sampler is not None:
+        trainer._get_train_sampler = lambda *_: train_sampler
+    return trainer

@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 
 from detr_ft.model.presets import is_preset, preset_names
 from detr_ft.train.arguments import (
+    AUTO_WORKERS,
     DataArguments,
     DeviceArguments,
     ModelArguments,
@@ -56,6 +57,15 @@ def check_flags(model: ModelArguments, data: DataArguments, shapes: StaticShapeA
     if shapes.num_buckets < 0:
         problems.append(f"--num_buckets {shapes.num_buckets}: must be >= 1 with --pad_objects (e.g. 1), or 0 for no "
                         "target padding")
+    if shapes.image_buckets < 1:
+        problems.append(f"--image_buckets {shapes.image_buckets}: must be >= 1 (e.g. 2 for CPPE-5; 1 = the "
+                        "image_size x image_size square)")
+    elif shapes.image_buckets > 1 and not pads_images(shapes, device, training, user_set):
+        problems.append(f"--image_buckets {shapes.image_buckets}: needs --pad_images (without it a batch is padded to "
+                        "its largest image): add --pad_images, or drop --image_buckets")
+    if training.dataloader_num_workers < AUTO_WORKERS:
+        problems.append(f"--dataloader_num_workers {training.dataloader_num_workers}: must be >= 0 (e.g. 4); leave "
+                        "it out for one per CPU of this process's share, minus one")
     if shapes.ckpt_store_interval_epochs < 1:
         problems.append(f"--ckpt_store_interval_epochs {shapes.ckpt_store_interval_epochs}: must be >= 1 (e.g. 1: a "
                         "checkpoint and mAP every epoch)")
@@ -114,6 +124,12 @@ def graph_compiler(device: DeviceArguments, training: TrainingArguments) -> str 
     return None
 
 
+def pads_images(shapes: StaticShapeArguments, device: DeviceArguments, training: TrainingArguments,
+                user_set: set[str]) -> bool:
+    """Whether images are padded to fixed canvases once `static_shape_defaults` has run."""
+    return shapes.pad_images or ("pad_images" not in user_set and graph_compiler(device, training) is not None)
+
+
 def static_shape_defaults(shapes: StaticShapeArguments, device: DeviceArguments, training: TrainingArguments,
                           user_set: set[str]) -> None:
     """On a graph-compiling device image padding is on unless the user turned it off; every static-shape flag left
@@ -132,9 +148,9 @@ def static_shape_defaults(shapes: StaticShapeArguments, device: DeviceArguments,
                        "graph, and transformers' matcher syncs with the host several times per step", compiler)
 
 
-def check_batch_fits(num_train: int, training: TrainingArguments) -> None:
-    """The training set holds at least one global batch (the last partial batch is dropped)."""
+def check_batch_fits(images_per_canvas: list[int], training: TrainingArguments) -> None:
+    """The training set holds at least one global batch (each canvas's last partial batch is dropped)."""
     try:
-        steps_per_epoch(num_train, training)
+        steps_per_epoch(images_per_canvas, training)
     except ValueError as error:
         raise FlagError(str(error)) from error

@@ -1,9 +1,11 @@
 """The run summary: console and `<output_dir>/run_summary.json`, written at the end of every training run.
 
-Fields: device, trainer, precision, image_size, buckets, steps, epochs, train_samples_per_second (the trainer's,
-first steps and evaluations included), steady_samples_per_second (from the median step time after WARMUP_STEPS),
-host_syncs_per_step, stack (the torch, transformers and optimum-habana versions that count holds for; None for a
-package not installed) and graph_compilations (during training, evaluations included).
+Fields: device, trainer, precision, image_size, buckets, image_canvases ([[H, W], ...] with --pad_images) and
+padded_pixel_fraction (padding share of the training images' canvas pixels), steps, epochs,
+train_samples_per_second (the trainer's, first steps and evaluations included), steady_samples_per_second (from
+the median step time after WARMUP_STEPS), host_syncs_per_step, stack (the torch, transformers and optimum-habana
+versions that count holds for; None for a package not installed) and graph_compilations (during training,
+evaluations included).
 
 Host syncs are counted over forward, loss, backward and gradient clipping of one step (the second, so one-time
 set-up is not counted): the part of a step that runs as one graph on HPU. Graph compilations are read in-process at
@@ -101,10 +103,14 @@ class RunSummaryCallback(TrainerCallback):
     __init__ (it keeps autocast to itself), so read at the end it says fp32 on the Gaudi path."""
 
     def __init__(self, output_dir: str | Path, device_type: str, bucket_sizes: list[int] | None, image_size: int,
-                 precision: str):
+                 precision: str, image_canvases: list[tuple[int, int]] | None = None,
+                 padded_pixel_fraction: float | None = None):
         self.path = Path(output_dir) / SUMMARY_FILE
         self.summary = {"device": device_type, "precision": precision, "image_size": image_size,
                         "buckets": bucket_sizes}
+        if image_canvases:
+            self.summary.update(image_canvases=[list(canvas) for canvas in image_canvases],
+                                padded_pixel_fraction=round(padded_pixel_fraction, 4))
         self.compilations_before: dict[str, int] = {}
         self.counter: HostSyncCounter | None = None
         self.auditing = False

@@ -1,0 +1,149 @@
+"""Aspect-ratio canvases: chosen from CPPE-5's real sizes, each image in the smallest canvas holding it at the
+square's scale, batches that stay on one canvas on every process, and the canvases saved with the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from accelerate.data_loader import BatchSamplerShard
+from conftest import extend_to_aspect_ratios, write_centered_shapes
+
+from detr_ft.data.canvases import (
+    CanvasGroupedSampler,
+    assign_canvases,
+    choose_canvases,
+    image_box,
+    padded_pixel_fraction,
+)
+from detr_ft.data.dataset import DetectionDataset, PaddedToMultiple
+from detr_ft.data.images import Preprocessing, fitted_size
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.padding import DetectionCollator
+from detr_ft.data.sources import load_coco_folder
+
+
+def cppe5_sizes(cppe5_dir) -> list[tuple[int, int]]:
+    coco = json.loads((cppe5_dir / "annotations" / "test.json").read_text())
+    return [(image["width"], image["height"]) for image in coco["images"]]
+
+
+def test_one_bucket_is_the_square_whatever_the_data(cppe5_dir):
+    assert choose_canvases(cppe5_sizes(cppe5_dir), 800, 1) == [(800, 800)]
+    with pytest.raises(ValueError, match="image_buckets"):
+        choose_canvases(cppe5_sizes(cppe5_dir), 800, 0)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_cppe5_canvases_keep_the_scale_and_cut_the_padding(cppe5_dir, count):
+    sizes = cppe5_sizes(cppe5_dir)
+    canvases = choose_canvases(sizes, 800, count)
+    assigned = assign_canvases(sizes, 800, canvases)
+    assert 1 < len(canvases) <= count
+    assert all(max(canvas) == 800 and all(side % 32 == 0 for side in canvas) for canvas in canvases)
+    for (width, height), k in zip(sizes, assigned, strict=True):
+        box = image_box(width, height, 800)
+        assert box[0] <= canvases[k][0] and box[1] <= canvases[k][1]
+        # the square's scale: long side 800, the image resized exactly as without canvases
+        assert fitted_size(width, height, canvases[k]) == fitted_size(width, height, (800, 800))
+    assert all((assigned == k).sum() >= len(sizes) / (2 * count) for k in range(len(canvases)))
+    square = padded_pixel_fraction(sizes, [(800, 800)], np.zeros(len(sizes), np.int64))
+    assert padded_pixel_fraction(sizes, canvases, assigned) < square - 0.15
+
+
+def test_an_image_no_canvas_holds_is_shrunk_into_the_one_keeping_it_largest():
+    canvases = [(96, 160), (128, 160)]  # landscape only: a portrait image fits none at full scale
+    assert assign_canvases([(100, 200)], 160, canvases).tolist() == [1]
+    assert fitted_size(100, 200, canvases[1]) == (64, 128)
+    assert fitted_size(200, 100, canvases[0]) == (160, 80)  # held: the square's scale
+
+
+def test_collator_pads_to_the_smallest_canvas_holding_the_batch():
+    collator = DetectionCollator(canvases=[(64, 64), (32, 64), (64, 32)])
+
+    def sample(height, width):
+        return {"pixel_values": torch.ones(3, height, width), "class_labels": torch.zeros(0, dtype=torch.int64),
+                "boxes": torch.zeros(0, 4), "image_index": torch.tensor(0)}
+
+    assert collator([sample(30, 64), sample(20, 50)])["pixel_values"].shape == (2, 3, 32, 64)
+    assert collator([sample(64, 30)])["pixel_values"].shape == (1, 3, 64, 32)
+    assert collator([sample(30, 64), sample(64, 30)])["pixel_values"].shape == (2, 3, 64, 64)
+
+
+def batches_of(sampler: CanvasGroupedSampler, batch_size: int) -> list[list[int]]:
+    indices = list(sampler)
+    return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+
+
+def test_sampler_batches_stay_on_one_canvas_on_every_process_and_repeat_per_epoch():
+    canvas_of = np.array([0] * 13 + [1] * 9 + [2] * 6)  # (28,)
+    batch_size, processes = 2, 2
+    sampler = CanvasGroupedSampler(canvas_of, batch_size * processes, seed=5)
+    assert len(sampler) == (3 + 2 + 1) * 4  # each canvas drops its last partial global batch
+    global_batches = batches_of(sampler, batch_size * processes)
+    assert all(len(set(canvas_of[batch])) == 1 for batch in global_batches)
+    assert len({i for batch in global_batches for i in batch}) == len(sampler)  # no image twice in an epoch
+    assert batches_of(sampler, 4) == global_batches  # same seed and epoch: same order (a resume)
+    sampler.set_epoch(1)
+    assert batches_of(sampler, 4) != global_batches
+
+    # accelerate's sharding over 2 processes: at every step both train on the same canvas
+    per_process = [list(BatchSamplerShard(torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True),
+                                          num_processes=processes, process_index=rank)) for rank in range(processes)]
+    assert len(per_process[0]) == len(per_process[1]) == 6
+    for batch_0, batch_1 in zip(*per_process, strict=True):
+        assert len(set(canvas_of[batch_0 + batch_1])) == 1
+
+
+def test_eval_set_is_grouped_by_canvas_with_fillers_of_its_canvas(aspect_ratio_dir):
+    split = load_coco_folder(aspect_ratio_dir, "validation")
+    canvases = choose_canvases(load_coco_folder(aspect_ratio_dir, "train").image_sizes(), 64, 3)
+    assert canvases == [(64, 32), (64, 64), (32, 64)]
+    dataset = DetectionDataset(split, ClassMapping.from_categories(split.coco["categories"]).category_to_label, 64,
+                               canvases=canvases)
+    padded = PaddedToMultiple(dataset, 5)
+    collator = DetectionCollator(canvases=canvases)
+    shapes = [collator([padded[i] for i in range(start, start + 5)])["pixel_values"].shape[2:]
+              for start in range(0, len(padded), 5)]
+    assert set(shapes) == {(64, 32), (64, 64), (32, 64)}
+    indices = sorted(int(padded[i]["image_index"]) for i in range(len(padded)) if padded[i]["image_index"] >= 0)
+    assert indices == list(range(len(dataset)))
+
+
+def test_canvases_are_saved_with_the_processor_and_read_back(tmp_path):
+    preprocessing = Preprocessing(64, True, ((64, 32), (32, 64)))
+    preprocessing.image_processor().save_pretrained(tmp_path)
+    assert Preprocessing.from_saved(tmp_path) == preprocessing
+    assert preprocessing.canvases == [(64, 32), (32, 64)]
+    Preprocessing(64, True).image_processor().save_pretrained(tmp_path / "square")
+    assert Preprocessing.from_saved(tmp_path / "square").canvases == [(64, 64)]
+
+
+@pytest.mark.slow  # an entry run
+def test_a_run_with_three_canvases_reports_them_and_its_saved_model_scores_the_logged_map(tmp_path):
+    """Training, run_summary.json, the saved processor and inference with --image_buckets 3; mAP must not be 0
+    for the agreement to mean something, hence the centered shapes, which detr-tiny learns in a few epochs."""
+    from entry_runs import run_in_process
+
+    from detr_ft.evaluation import inference
+
+    data_dir = extend_to_aspect_ratios(write_centered_shapes(tmp_path / "data", {"train": 48, "validation": 12}))
+    run_dir = tmp_path / "run"
+    argv = ["--model_name_or_path", "detr-tiny", "--dataset_dir", str(data_dir), "--output_dir", str(run_dir),
+            "--image_size", "64", "--pad_images", "--image_buckets", "3", "--pad_objects", "--augment", "false",
+            "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4", "--num_train_epochs", "4",
+            "--ckpt_store_interval_epochs", "4", "--seed", "0", "--report_to", "none", "--disable_tqdm", "true"]
+    assert run_in_process(argv) == 0
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["image_canvases"] == [[64, 32], [64, 64], [32, 64]]
+    assert summary["padded_pixel_fraction"] < 0.2  # the square would pad 2/3 of the extended images' pixels
+    assert summary["steps"] == 4 * 6  # 16 images per canvas: 2 batches of 8 each, 3 canvases
+    assert Preprocessing.from_saved(run_dir).image_canvases == ((64, 32), (64, 64), (32, 64))
+
+    logged = json.loads((run_dir / "eval_history.json").read_text())[-1]
+    assert logged["metrics"]["map"] > 0
+    assert inference.main(["--model_path", str(run_dir / "checkpoint-24"), "--output_dir", str(tmp_path / "out")]) == 0
+    inferred = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert inferred["map"] == pytest.approx(logged["metrics"]["map"], abs=1e-6)
