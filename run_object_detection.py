@@ -78,7 +78,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     )
     from detr_ft.evaluation.report import format_map_table
     from detr_ft.model.build import build_model
-    from detr_ft.model.device_matcher import choose_matcher
+    from detr_ft.model.device_matcher import DeviceMatcher, choose_matcher
     from detr_ft.model.static_shapes import use_static_shape_loss
     from detr_ft.run_files import save_run_arguments
     from detr_ft.train.arguments import finalize_training_arguments
@@ -111,10 +111,12 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images,
                                   tuple(data.canvases) if shape_args.image_buckets > 1 else ())
     warn_queries_overflow(data, model.config.num_queries)
-    if data.bucket_sizes:
-        use_static_shape_loss(model, choose_matcher(shape_args.matcher, device_type, shape_args.matcher_steps))
+    matcher = choose_matcher(shape_args.matcher, device_type, shape_args.matcher_steps) if data.bucket_sizes else None
+    if matcher is not None:
+        use_static_shape_loss(model, matcher)
     callbacks = [MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback(),
                  BroadcastBuffersBeforeEvaluation()]
+    guard = None
     if shape_args.check_finite_loss:
         guard = NonFiniteLossGuard(training_args.output_dir, shape_args.skip_nonfinite_batches, data.train_image_names)
         guard.install(model)
@@ -151,6 +153,9 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
                                          training_args.seed if training_args.data_seed is None
                                          else training_args.data_seed),
     )
+    if guard is not None and isinstance(matcher, DeviceMatcher) and matcher.steps:
+        guard.carry_matcher_flags(matcher, trainer)  # the matcher's "unfinished" flag rides on the guard's read
+        run_summary.counters["matcher_steps_redone_on_host"] = lambda: guard.redone_steps
     apply_trainer_patches(trainer)
     gather_image_index_as_labels(trainer)
     try:

@@ -22,9 +22,12 @@ path to row i is the path to row path[j] plus column j, where j brought i in), s
 a walk. The step count is fixed, so the graph is static; a problem whose rows are all added is `complete`.
 
 Exactness: with the default step count, `worst_case_steps`, every problem completes and nothing is read on the host.
-With fewer steps (faster; real DETR costs rarely need more than 4 per row), `DeviceMatcher` reads one flag, "all
-problems complete", per call, and in that rare case solves the step's problems again on the host (`host_assignment`):
-one read per call, not yet folded into the finite-loss guard's read.
+With fewer steps (faster; real DETR costs rarely need more than 4 per row) a problem may not finish, and
+`DeviceMatcher` keeps exact one of two ways. Given the finite-loss guard's list (`incomplete_flags`), a training call
+leaves its flag "some problem incomplete" on the device: the guard reads it with its own, in its one read per
+optimizer step, and in that rare step recomputes the gradients with the host matcher (`on_host`;
+detr_ft/train/nonfinite_guard.py). Without it (guard off, or evaluation's loss, which runs without grad) the call
+reads the flag itself and solves the unfinished problems on the host (`host_assignment`): one read per call.
 
 Bound: a search for row r scans at most r + 1 columns (every scanned column but the sink brings in a distinct,
 already matched row), so `worst_case_steps(m) = m (m + 1) / 2` steps, m = min(Q, T), finish every problem. Real
@@ -37,6 +40,8 @@ scipy does, so those large values cannot overflow.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -218,33 +223,56 @@ def solve(cost: Tensor, valid: Tensor, steps: int | None = None, step_function=s
 class DeviceMatcher:
     """`hungarian_match`'s drop-in that solves on the device (`solve`).
 
-    steps: search steps per call; 0 = `worst_case_steps` (no host read). A smaller count costs one read per call,
-    and a host solve where some problem did not complete. compile_backend: run `search_step` through torch.compile
-    with this backend (None: eager).
+    steps: search steps per call; 0 = `worst_case_steps` (no host read). With fewer, a problem may not finish: see
+    the module doc (one read per call, or the flag left in `incomplete_flags`). compile_backend: run `search_step`
+    through torch.compile with this backend (None: eager).
     """
 
     def __init__(self, steps: int = 0, compile_backend: str | None = None):
         self.steps = steps
         self.step_function = search_step if compile_backend is None else torch.compile(
             search_step, fullgraph=True, dynamic=False, backend=compile_backend)
+        # Set by the finite-loss guard: training calls append their () bool flag "some problem incomplete" here,
+        # on the device, instead of reading it. None: each call reads its own.
+        self.incomplete_flags: list[Tensor] | None = None
+        self.host_only = False
 
-    @torch.no_grad()
     def __call__(
         self, logits: Tensor, pred_boxes: Tensor, labels: dict[str, Tensor],
         class_cost: float, bbox_cost: float, giou_cost: float,
     ) -> Tensor:
-        cost = matching_costs(logits, pred_boxes, labels["class_labels"], labels["boxes"], class_cost, bbox_cost,
-                              giou_cost)  # (L, B, Q, T)
-        return self.assign(cost, labels["valid"])
+        if self.host_only:
+            return hungarian_match(logits, pred_boxes, labels, class_cost, bbox_cost, giou_cost)
+        carry_flag = self.incomplete_flags is not None and torch.is_grad_enabled()  # training (evaluation: no grad)
+        with torch.no_grad():  # matching is not differentiated
+            cost = matching_costs(logits, pred_boxes, labels["class_labels"], labels["boxes"], class_cost, bbox_cost,
+                                  giou_cost)  # (L, B, Q, T)
+            return self.assign(cost, labels["valid"], carry_flag)
 
-    def assign(self, cost: Tensor, valid: Tensor) -> Tensor:
-        """(L, B, Q, T) finite costs, (B, T) bool -> matched target per query (L, B, Q), exact."""
+    def assign(self, cost: Tensor, valid: Tensor, carry_flag: bool = False) -> Tensor:
+        """(L, B, Q, T) finite costs, (B, T) bool -> matched target per query (L, B, Q): exact, or, with `carry_flag`
+        (the flag left in `incomplete_flags`), exact once the guard has read it."""
         bound = worst_case_steps(*cost.shape[2:])
         steps = min(self.steps or bound, bound)
         matched, complete = solve(cost, valid, steps, self.step_function)  # (L, B, Q), (L, B)
-        if steps < bound and not complete.all():  # the one host read of a short step count
+        if steps == bound:
+            return matched
+        incomplete = ~complete.all()  # ()
+        if carry_flag:
+            self.incomplete_flags.append(incomplete)  # read with the guard's flag, once per optimizer step
+        elif incomplete:  # the one host read of a short step count
             matched = torch.where(complete[..., None], matched, host_assignment(cost, valid))  # (L, B, Q)
         return matched
+
+    @contextmanager
+    def on_host(self) -> Iterator[None]:
+        """Match with `hungarian_match` (scipy) inside: how the guard redoes a step some problem of which did not
+        finish."""
+        self.host_only = True
+        try:
+            yield
+        finally:
+            self.host_only = False
 
 
 def choose_matcher(choice: str, device_type: str, steps: int = 0):

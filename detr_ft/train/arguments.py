@@ -90,7 +90,9 @@ class StaticShapeArguments:
     matcher_steps: int = field(
         default=0,
         metadata={"help": "--matcher device: search steps per step; 0 = enough for every problem, no host read. "
-                          "Fewer: one read per step, and a host solve when some problem did not finish."},
+                          "Fewer: the 'unfinished' flag rides on the finite-loss guard's one read, and a step with "
+                          "an unfinished problem is redone with the host matcher; with --check_finite_loss false, "
+                          "one read of its own per micro-batch instead, and a host solve of the unfinished problems."},
     )
 
     @property

@@ -13,6 +13,14 @@ that all of them decide alike. Then:
   (learning-rate schedule, checkpoints); its loss is logged as 0. In place, not `p.grad = None`: HPU graphs
   (`--use_hpu_graphs_for_training`) keep writing into the gradient tensors they captured.
 
+The same read carries the device matcher's flag when it runs fewer search steps than its worst case (`--matcher
+device --matcher_steps N`, `carry_matcher_flags`): "some matching problem of this step did not finish". In that rare
+step the guard recomputes the step's gradients exactly, with the host matcher: it zeroes the gradients in place,
+puts back the buffers and the random state of the step's start (the same dropout masks), has the trainer run the
+step's micro-batches again (`LossFromOutputs.redo_step`: forward, loss, backward, clipping), warns and counts the
+step (`redone_steps`). The redone losses are then checked as above: a second read, in that step only. The step's
+logged loss and gradient norm stay those of the first pass.
+
 Cost: that one host read per optimizer step, after backward and gradient clipping. On CUDA the host waits for
 backward before it queues the optimizer step; under HPU lazy mode GaudiTrainer already ends the graph after backward,
 so only the clipping runs before the read. A non-finite gradient under a finite loss is not caught.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -31,6 +40,10 @@ from transformers import PreTrainedModel, TrainerCallback
 
 from detr_ft.data.padding import batch_image_index
 from detr_ft.run_files import read_json_list, write_json_atomic
+
+if TYPE_CHECKING:
+    from detr_ft.model.device_matcher import DeviceMatcher
+    from detr_ft.train.trainer_loss import LossFromOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,17 @@ class NonFiniteLossGuard(TrainerCallback):
         self.image_names = image_names
         self.step_losses: list[tuple[Tensor, dict | list[dict]]] = []  # (isfinite(loss), labels) per micro-batch
         self.saved_buffers: list[Tensor] = []
+        self.incomplete_flags: list[Tensor] = []  # the device matcher's, per call (carry_matcher_flags)
+        self.matcher: DeviceMatcher | None = None
+        self.trainer: LossFromOutputs | None = None
+        self.saved_random_state: list[Tensor] = []
+        self.redone_steps = 0
+
+    def carry_matcher_flags(self, matcher: DeviceMatcher, trainer: LossFromOutputs) -> None:
+        """Read `matcher`'s "some problem did not finish" flags in this guard's one read, and redo such a step with
+        the host matcher through `trainer` (see the module doc)."""
+        matcher.incomplete_flags = self.incomplete_flags
+        self.matcher, self.trainer = matcher, trainer
 
     def install(self, model: PreTrainedModel) -> None:
         """Wrap the loss function the model has now: call after any other loss is installed."""
@@ -78,17 +102,26 @@ class NonFiniteLossGuard(TrainerCallback):
             write_json_atomic(self.path, [r for r in read_json_list(self.path) if r["step"] <= state.global_step])
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if self.skip:
+        if self.skip or self.trainer is not None:
             self.saved_buffers = [buffer.clone() for buffer in model.buffers()]
+        if self.trainer is not None:
+            self.trainer.step_inputs = []  # keep this step's micro-batches for a redo
+            self.saved_random_state = random_state(args.device)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         step_losses, self.step_losses = self.step_losses, []
+        incomplete_flags = self.incomplete_flags.copy()
+        self.incomplete_flags.clear()  # in place: the matcher holds this list
         if not step_losses:
             return
-        nonfinite = (~torch.stack([finite for finite, _ in step_losses])).float().sum()  # ()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(nonfinite)
-        if not nonfinite.item():  # the one host sync
+        nonfinite, incomplete = self.read_flags(step_losses, incomplete_flags)  # the one host sync
+        if incomplete and not nonfinite:
+            self.redo_on_host(args, state, model, optimizer)
+            step_losses, self.step_losses = self.step_losses, []
+            nonfinite, _ = self.read_flags(step_losses, [])  # the redone losses: a second read, in this step only
+        if self.trainer is not None:
+            self.trainer.step_inputs = None
+        if not nonfinite:
             return
         nonfinite_batches = [batch_image_index(labels).tolist() for finite, labels in step_losses if not finite]
         images = self.gather_images(nonfinite_batches)
@@ -98,17 +131,42 @@ class NonFiniteLossGuard(TrainerCallback):
                 f"non-finite training loss at step {step} (epoch {state.epoch or 0.0:.2f}) on the batch of training "
                 f"images {self.describe(images)}; the update was not applied. Resume from the last complete "
                 "checkpoint by rerunning the command, or add --skip_nonfinite_batches")
-        for group in optimizer.param_groups:
-            for parameter in group["params"]:
-                if parameter.grad is not None:
-                    parameter.grad.zero_()  # no NaN left in them; the tensors stay those HPU graphs write into
+        zero_gradients(optimizer)
         skip_next_step(optimizer)
-        for buffer, saved in zip(model.buffers(), self.saved_buffers, strict=True):
-            buffer.copy_(saved)
+        self.restore_buffers(model)
         logger.warning("non-finite training loss at step %d: skipped the batch of training images %s", step,
                        self.describe(images))
         if state.is_world_process_zero:
             write_json_atomic(self.path, [*read_json_list(self.path), {"step": step, "images": images}])
+
+    @staticmethod
+    def read_flags(step_losses: list[tuple[Tensor, dict | list[dict]]],
+                   incomplete_flags: list[Tensor]) -> tuple[float, float]:
+        """Micro-batches with a non-finite loss, and matcher calls with an unfinished problem: summed over processes,
+        so that all of them decide alike, in one host read."""
+        nonfinite = (~torch.stack([finite for finite, _ in step_losses])).sum()  # ()
+        incomplete = torch.stack(incomplete_flags).sum() if incomplete_flags else torch.zeros_like(nonfinite)  # ()
+        counts = torch.stack([nonfinite, incomplete]).float()  # (2,)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        nonfinite, incomplete = counts.tolist()  # the host sync
+        return nonfinite, incomplete
+
+    def redo_on_host(self, args, state, model, optimizer) -> None:
+        """The step's gradients again, with the host matcher, from the state at the step's start."""
+        step_inputs, self.trainer.step_inputs = self.trainer.step_inputs, None  # the redo keeps nothing
+        logger.warning("step %d: a matching problem did not finish in --matcher_steps %d search steps; its gradients "
+                       "are recomputed with the host matcher", state.global_step + 1, self.matcher.steps)
+        zero_gradients(optimizer)
+        self.restore_buffers(model)
+        set_random_state(args.device, self.saved_random_state)
+        with self.matcher.on_host():
+            self.trainer.redo_step(model, step_inputs)
+        self.redone_steps += 1
+
+    def restore_buffers(self, model) -> None:
+        for buffer, saved in zip(model.buffers(), self.saved_buffers, strict=True):
+            buffer.copy_(saved)
 
     @staticmethod
     def gather_images(local_batches: list[list[int]]) -> list[int]:
@@ -131,3 +189,22 @@ def skip_next_step(optimizer: torch.optim.Optimizer) -> None:
 
     optimizer.step = skipped_step
 
+
+def zero_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """In place, not `grad = None`: the tensors stay those HPU graphs write into."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            if parameter.grad is not None:
+                parameter.grad.zero_()
+
+
+def random_state(device: torch.device) -> list[Tensor]:
+    """The CPU generator's state and, on an accelerator, its generator's: what dropout and LayerDrop draw from."""
+    module = None if device.type == "cpu" else torch.get_device_module(device.type)
+    return [torch.get_rng_state(), *([module.get_rng_state()] if hasattr(module, "get_rng_state") else [])]
+
+
+def set_random_state(device: torch.device, states: list[Tensor]) -> None:
+    torch.set_rng_state(states[0])
+    if len(states) > 1:
+        torch.get_device_module(device.type).set_rng_state(states[1])

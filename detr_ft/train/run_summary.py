@@ -4,8 +4,9 @@ Fields: device, trainer, precision, image_size, buckets, image_canvases ([[H, W]
 padded_pixel_fraction (padding share of the training images' canvas pixels), steps, epochs,
 train_samples_per_second (the trainer's, first steps and evaluations included), steady_samples_per_second (from
 the median step time after WARMUP_STEPS), host_syncs_per_step, stack (the torch, transformers and optimum-habana
-versions that count holds for; None for a package not installed) and graph_compilations (during training,
-evaluations included).
+versions that count holds for; None for a package not installed), graph_compilations (during training,
+evaluations included) and, where the entry adds them, `counters` read at the end (matcher_steps_redone_on_host:
+detr_ft/train/nonfinite_guard.py).
 
 Host syncs are counted over forward, loss, backward and gradient clipping of one step (the second, so one-time
 set-up is not counted): the part of a step that runs as one graph on HPU. Graph compilations are read in-process at
@@ -33,7 +34,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -117,6 +118,7 @@ class RunSummaryCallback(TrainerCallback):
         self.step_times: list[float] = []
         self.last_step_end: float | None = None
         self.start_step = 0
+        self.counters: dict[str, Callable[[], int]] = {}  # more summary fields: name -> its count at the end
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.compilations_before = graph_compilations()
@@ -186,6 +188,7 @@ class RunSummaryCallback(TrainerCallback):
             steady_samples_per_second=self.steady_samples_per_second(args),
             graph_compilations=self.compilations_during_training(),
         )
+        self.summary.update({name: count() for name, count in self.counters.items()})
         write_json_atomic(self.path, self.summary)
         logger.info("run summary: %s", json.dumps(self.summary))
 
