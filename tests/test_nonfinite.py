@@ -37,7 +37,9 @@ def nan_image_in_epoch_two(monkeypatch):
 
 
 def argv_for(tmp_path, tiny_coco, *extra):
-    return entry_argv(tiny_coco, tmp_path, "--train_sampling_strategy", "sequential", *extra)
+    # no loader workers: the poisoning patch counts fetches in this process (a worker starts afresh every epoch)
+    return entry_argv(tiny_coco, tmp_path, "--train_sampling_strategy", "sequential", "--dataloader_num_workers", "0",
+                      *extra)
 
 
 @slow
