@@ -5,6 +5,7 @@ and the lock of a killed process is taken again."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,34 @@ def test_second_process_on_one_output_dir_is_refused_until_the_first_dies(data_d
             lock_run_folder(output_dir)  # a second open file description conflicts even in one process
     finally:
         lock.close()
+
+
+HOLD_LOCK_AND_FORK = (
+    "import os, sys, time\n"
+    "from detr_ft.train.run_folder import lock_run_folder\n"
+    "lock = lock_run_folder(sys.argv[1])\n"
+    "child = os.fork()  # as a DataLoader worker is forked\n"
+    "if child == 0:\n"
+    "    time.sleep(300)\n"
+    "    os._exit(0)\n"
+    "print(child, flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_lock_of_a_killed_run_is_free_while_its_forked_workers_live_on(tmp_path):
+    """A killed run's loader workers outlive it for seconds: they must not hold its lock (a rerun would be refused)."""
+    output_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_AND_FORK, str(output_dir)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(child, 0)  # the forked child still lives
+        lock_run_folder(output_dir).close()
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def test_only_rank_zero_locks(tmp_path, monkeypatch):

@@ -2,8 +2,10 @@
 
 - A lock: `lock_run_folder` takes an exclusive `flock` on `<output_dir>/.run.lock` for the whole run and refuses a
   second process. The OS releases it when the process ends, however it ends (kill -9 included), so a lock file left
-  by a dead process is simply taken again: there is no stale-lock logic. Under DDP only rank 0 takes it; torchrun
-  stops the other ranks when rank 0 exits.
+  by a dead process is simply taken again: there is no stale-lock logic. A forked child (a DataLoader worker) closes
+  its copy of the lock at once: a flock lives while any process holds the file open, and the workers of a killed run
+  outlive it by seconds, long enough to refuse its rerun. Under DDP only rank 0 takes it; torchrun stops the other
+  ranks when rank 0 exits.
 - The same run: before anything is written, `check_same_run` compares the flags that define the run (data, classes,
   image size, static shapes, model, optimizer settings a checkpoint's optimizer state would silently replace) with
   the folder's run_args.json. The same: rerunning resumes. Different: refused, naming the flags, unless
@@ -58,6 +60,7 @@ def lock_run_folder(output_dir: str | Path) -> IO | None:
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
+    os.register_at_fork(after_in_child=handle.close)
     return handle
 
 
