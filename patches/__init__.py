@@ -8,6 +8,7 @@ silently matches nothing is the failure this guards against), and log what they 
 | patch | stack | applied when |
 | --- | --- | --- |
 | detr_backbone_stages | both | `train_backbone_stages` (pretrained model, backbone not frozen), HF ResNet backbone |
+| detr_loss_num_boxes | both | always (the stock loss, `--num_buckets 0`, under data parallel; a no-op in one process) |
 | detr_encoder_sync | transformers 5.x | `static_shapes` |
 | detr_mask_sync | transformers 5.x | `static_shapes` |
 | detr_encoder_sync_v4 | transformers 4.x | `static_shapes` |
@@ -111,6 +112,10 @@ def apply_patches(
         if not cpu_position_embedding:
             applied.append(apply_patch("detr_position_embedding", detr_position_embedding,
                                        lambda: detr_position_embedding.patch_model(model), 1))
+    from patches import detr_loss_num_boxes
+
+    applied.append(apply_patch("detr_loss_num_boxes", detr_loss_num_boxes, detr_loss_num_boxes.patch_loss_modules,
+                               len(detr_loss_num_boxes.loss_modules())))
     if importlib.util.find_spec("optimum") and importlib.util.find_spec("optimum.habana"):
         from patches import habana_detr_loss
 

@@ -1,5 +1,7 @@
 """Data parallel: `torchrun --nproc_per_node 2` (gloo, CPU) with batch b per process logs the losses of one process
-with batch 2b, to 1e-5: the box count that normalises the box losses is averaged over the processes.
+with batch 2b, to 1e-5: the box count that normalises the box losses is averaged over the processes, by our loss and
+by transformers' (`--num_buckets 0`, with patches/detr_loss_num_boxes.py: unpatched it divides by the process count
+twice and logs larger box losses).
 
 Both runs read the training images in order (sequential sampling): process r gets batch 2k + r of step k, which is
 the one process's batch k split in two, and the two halves hold different numbers of objects, so a per-process box
@@ -49,14 +51,15 @@ def first_step_object_counts(data_dir) -> list[int]:
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
+@pytest.mark.parametrize("loss_arguments", [(), ("--num_buckets", "0")], ids=["our_loss", "transformers_loss"])
 def test_two_processes_with_batch_b_log_the_losses_of_one_with_batch_2b(tmp_path, data_dir, pretrained_dir,
-                                                                       logged_losses):
+                                                                       logged_losses, loss_arguments):
     single = tmp_path / "single"
-    assert run_in_process(run_argv(data_dir, pretrained_dir, single, 4)) == 0
+    assert run_in_process(run_argv(data_dir, pretrained_dir, single, 4, *loss_arguments)) == 0
     counts = first_step_object_counts(data_dir)
     assert counts[0] != counts[1]  # else a per-process box count would pass too
     parallel = tmp_path / "parallel"
-    result = run_two_processes(run_argv(data_dir, pretrained_dir, parallel, 2))
+    result = run_two_processes(run_argv(data_dir, pretrained_dir, parallel, 2, *loss_arguments))
     assert result.returncode == 0, result.stderr[-3000:]
 
     single_losses = logged_losses(single / f"checkpoint-{STEPS}")
