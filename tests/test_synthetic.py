@@ -107,3 +107,36 @@ def test_command_line_matches_the_function_and_prints_one_line(tmp_path: Path) -
     assert completed.stdout.count("\n") == 1 and "4 train, 2 validation" in completed.stdout
     from_function = write_synthetic_coco(tmp_path / "api", num_train=4, num_validation=2, image_size=32, seed=1)
     assert folder_bytes(tmp_path / "cli") == folder_bytes(from_function)
+
+
+def test_aspect_ratios_draw_each_shape_natively_with_the_same_object_pixels(tmp_path: Path) -> None:
+    folder = write_synthetic_coco(tmp_path, num_train=30, num_validation=1, image_size=64, min_objects=1,
+                                  max_objects=3, seed=3, aspect_ratios=(1.0, 2.0, 0.5))
+    coco = json.loads((folder / "annotations" / "train.json").read_text())
+    shapes = [(image["width"], image["height"]) for image in coco["images"]]
+    assert shapes == [(64, 64), (64, 32), (32, 64)] * 10
+    for image in coco["images"]:
+        with Image.open(folder / "images" / image["file_name"]) as png:
+            assert png.size == (image["width"], image["height"])
+    images = {image["id"]: image for image in coco["images"]}
+    sides_by_shape: dict[tuple[int, int], list[int]] = {}
+    for annotation in coco["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        image = images[annotation["image_id"]]
+        assert 0 <= x and 0 <= y and x + w <= image["width"] and y + h <= image["height"]
+        assert SIDE_RANGE[0] * 64 - 1 <= w <= SIDE_RANGE[1] * 64 + 1  # sides from the long side, on every shape
+        sides_by_shape.setdefault((image["width"], image["height"]), []).append(w)
+    assert len(sides_by_shape) == 3 and min(max(sides) for sides in sides_by_shape.values()) > 64 // 3
+
+
+def test_an_aspect_ratio_too_narrow_for_the_largest_object_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="aspect ratio 4"):
+        write_synthetic_coco(tmp_path, num_train=1, num_validation=1, image_size=64, aspect_ratios=(1.0, 4.0))
+
+
+def test_command_line_takes_aspect_ratios(tmp_path: Path) -> None:
+    arguments = f"--output_dir {tmp_path / 'cli'} --num_train 3 --num_validation 1 --aspect_ratios 1 2 0.5".split()
+    command = [sys.executable, "-m", "detr_ft.data.make_synthetic", *arguments]
+    subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    from_function = write_synthetic_coco(tmp_path / "api", num_train=3, num_validation=1, aspect_ratios=(1, 2, 0.5))
+    assert folder_bytes(tmp_path / "cli") == folder_bytes(from_function)

@@ -19,10 +19,14 @@ class SyntheticArguments:
     num_train: int = field(default=4096, metadata={"help": "Images in train.json."})
     num_validation: int = field(default=256, metadata={"help": "Images in validation.json."})
     num_test: int = field(default=0, metadata={"help": "Images in test.json (no file when 0)."})
-    image_size: int = field(default=64, metadata={"help": "Side of the square images in pixels."})
+    image_size: int = field(default=64, metadata={"help": "Long side of the images in pixels."})
     min_objects: int = field(default=1, metadata={"help": "Fewest shapes per image."})
     max_objects: int = field(default=4, metadata={"help": "Most shapes per image."})
     seed: int = field(default=0, metadata={"help": "Same seed, same bytes."})
+    aspect_ratios: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "Image shapes as width / height, taken in turn (e.g. 1 2 0.5: square, 2:1, 1:2)."},
+    )
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
 """Synthetic COCO detection data: circles, squares and triangles on plain or noisy backgrounds.
 
-Each image is image_size x image_size with min_objects..max_objects shapes; an object's class is its shape
-(category ids 1..3, 1-based like CPPE-5) and its side is SIDE_RANGE of the image side (at 64 px, 13-29 px:
-a class must stay recognisable on a stride-8 feature map). Colours are random but at
-least MIN_CONTRAST away from the background colour, so every shape is visible. Shapes are placed without
-overlapping (so each box is fully visible) unless PLACEMENT_TRIES random positions all collide.
+Each image has image_size as its long side and min_objects..max_objects shapes; an object's class is its shape
+(category ids 1..3, 1-based like CPPE-5) and its side is SIDE_RANGE of image_size (at 64 px, 13-29 px: a class must
+stay recognisable on a stride-8 feature map). Images are square unless `aspect_ratios` (width / height) are given:
+image i of a split takes ratio i mod len(aspect_ratios), drawn natively at that shape, so every shape's objects have
+the same pixel sizes (a 2:1 image at 64 px is 64 x 32, with the 13-29 px objects of a 64 x 64 one). Colours are
+random but at least MIN_CONTRAST away from the background colour, so every shape is visible. Shapes are placed
+without overlapping (so each box is fully visible) unless PLACEMENT_TRIES random positions all collide.
 Box = the tight pixel extent [x, y, w, h] of the drawn shape; area = w * h as in CPPE-5.
 
 Each split draws from its own np.random.default_rng((seed, split number)): the same arguments give byte-identical
@@ -47,13 +49,23 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> tup
             return tuple(colour.tolist())
 
 
-def _place_squares(rng: np.random.Generator, num_objects: int, image_size: int) -> list[tuple[int, int, int]]:
-    """(x, y, side) of num_objects squares inside the image, apart from each other when PLACEMENT_TRIES allow."""
+def image_shape(image_size: int, aspect_ratio: float) -> tuple[int, int]:
+    """(width, height) of an image with long side image_size and width / height = aspect_ratio."""
+    if aspect_ratio >= 1:
+        return image_size, round(image_size / aspect_ratio)
+    return round(image_size * aspect_ratio), image_size
+
+
+def _place_squares(
+    rng: np.random.Generator, num_objects: int, image_size: int, width: int, height: int
+) -> list[tuple[int, int, int]]:
+    """(x, y, side) of num_objects squares, sides from SIDE_RANGE of image_size, inside the width x height image,
+    apart from each other when PLACEMENT_TRIES allow."""
     placed: list[tuple[int, int, int]] = []
     while len(placed) < num_objects:
         for _ in range(PLACEMENT_TRIES):
             side = max(3, round(rng.uniform(*SIDE_RANGE) * image_size))
-            x, y = rng.integers(0, image_size - side + 1, 2).tolist()
+            x, y = rng.integers(0, [width - side + 1, height - side + 1]).tolist()
             apart = all(x + side <= px or px + ps <= x or y + side <= py or py + ps <= y for px, py, ps in placed)
             if apart:
                 break
@@ -62,28 +74,38 @@ def _place_squares(rng: np.random.Generator, num_objects: int, image_size: int) 
 
 
 def render_image(
-    rng: np.random.Generator, image_size: int, min_objects: int, max_objects: int
+    rng: np.random.Generator, image_size: int, aspect_ratio: float, min_objects: int, max_objects: int
 ) -> tuple[Image.Image, list[tuple[int, list[int]]]]:
-    """One RGB image and its objects as (category_id, [x, y, w, h])."""
+    """One RGB image of long side image_size and its objects as (category_id, [x, y, w, h])."""
+    width, height = image_shape(image_size, aspect_ratio)
     background = rng.integers(0, 256, 3)  # (3,)
-    pixels = np.broadcast_to(background, (image_size, image_size, 3)).astype(np.float64)  # (H, W, 3)
+    pixels = np.broadcast_to(background, (height, width, 3)).astype(np.float64)  # (H, W, 3)
     if rng.uniform() < 0.5:
         pixels = pixels + rng.normal(0.0, NOISE_STD, pixels.shape)  # (H, W, 3)
     image = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
     draw = ImageDraw.Draw(image)
     objects = []
-    for x, y, side in _place_squares(rng, int(rng.integers(min_objects, max_objects + 1)), image_size):
+    num_objects = int(rng.integers(min_objects, max_objects + 1))
+    for x, y, side in _place_squares(rng, num_objects, image_size, width, height):
         category_id = int(rng.integers(1, len(CATEGORIES) + 1))
         draw_shape(draw, category_id, x, y, side, _contrasting_colour(rng, background))
         objects.append((category_id, [x, y, side, side]))
     return image, objects
 
 
-def _write_split(output_dir: Path, split: str, num_images: int, rng: np.random.Generator, **render_kwargs) -> None:
+def _write_split(
+    output_dir: Path,
+    split: str,
+    num_images: int,
+    rng: np.random.Generator,
+    aspect_ratios: tuple[float, ...],
+    **render_kwargs,
+) -> None:
     """Write the images and annotations/<split>.json of one split."""
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
-        image, objects = render_image(rng, **render_kwargs)
+        aspect_ratio = aspect_ratios[(image_id - 1) % len(aspect_ratios)]
+        image, objects = render_image(rng, aspect_ratio=aspect_ratio, **render_kwargs)
         file_name = f"{split}_{image_id:06d}.png"
         image.save(output_dir / "images" / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
@@ -111,10 +133,18 @@ def write_synthetic_coco(
     min_objects: int = 1,
     max_objects: int = 4,
     seed: int = 0,
+    aspect_ratios: tuple[float, ...] = (1.0,),
 ) -> Path:
     """Write the COCO folder (images/, annotations/{train,validation}.json, test.json if num_test > 0)."""
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    largest_side = max(3, round(SIDE_RANGE[1] * image_size))
+    for aspect_ratio in aspect_ratios:
+        if aspect_ratio <= 0 or min(image_shape(image_size, aspect_ratio)) < largest_side:
+            raise ValueError(
+                f"aspect ratio {aspect_ratio} at {image_size} px leaves a short side under the largest object "
+                f"({largest_side} px)"
+            )
     output_dir = Path(output_dir)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
     (output_dir / "annotations").mkdir(parents=True, exist_ok=True)
@@ -122,5 +152,5 @@ def write_synthetic_coco(
         if split != "test" or num_images > 0:
             rng = np.random.default_rng((seed, split_number))
             render_kwargs = {"image_size": image_size, "min_objects": min_objects, "max_objects": max_objects}
-            _write_split(output_dir, split, num_images, rng, **render_kwargs)
+            _write_split(output_dir, split, num_images, rng, tuple(aspect_ratios), **render_kwargs)
     return output_dir
