@@ -6,6 +6,10 @@ most 2 objects (bucket 2), evaluation images 1 and 2 among them, so that a few s
 and the mAPs compared are not zero. With eval batch 2 per process, process 0 evaluates images 0-1 (targets padded to
 the extra evaluation bucket, T = 3) and process 1 image 2 and the filler (T = 2); without buckets the per-image label
 lists differ in length too. Gathering those labels across processes is what used to crash.
+
+With aspect-ratio canvases (`--image_buckets 3`) the evaluation set is grouped by canvas and each group is padded
+with fillers of its canvas to a multiple of batch x processes, so every process's batch holds one canvas; the
+gathered rows must still land on their images.
 """
 
 import json
@@ -14,11 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CANVAS_RUN_ARGUMENTS, extend_to_aspect_ratios
 from entry_runs import entry_argv, run_two_processes
 
 from detr_ft.evaluation import eval_checkpoints
 
 STEPS, INTERVAL = 30, 15  # 4 images, batch 2 per process: one step an epoch; a checkpoint and evaluation every 15
+CANVAS_STEPS, CANVAS_INTERVAL = 90, 45  # 6 images, 3 canvases, batch 1 per process: 3 steps an epoch
 
 
 def read_split(data_dir: Path, split: str) -> dict:
@@ -46,6 +52,20 @@ def ragged_eval_coco(source: Path, folder: Path) -> Path:
     return data_dir
 
 
+def logs_the_one_process_map(run_dir: Path, steps: int = STEPS, interval: int = INTERVAL) -> None:
+    """eval_history.json of the 2-process run holds, at every checkpoint, the mAP of `make eval-all-checkpoints` (one
+    process, the run's data and batch size), and some mAP is above 0."""
+    history = {r["step"]: r["metrics"] for r in json.loads((run_dir / "eval_history.json").read_text())}
+    assert sorted(history) == list(range(interval, steps + 1, interval))
+    assert eval_checkpoints.main(["--run_dir", str(run_dir)]) == 0
+    single = {r["step"]: r["metrics"] for r in
+              json.loads((run_dir / "checkpoint_metrics.json").read_text())["checkpoints"]}
+    assert sorted(single) == sorted(history)
+    assert max(metrics["map"] for metrics in single.values()) > 0  # else dropped or misplaced rows could agree
+    for step, metrics in single.items():
+        assert {k: history[step][k] for k in metrics} == pytest.approx(metrics, abs=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
 @pytest.mark.parametrize("num_buckets", ["1", "0"])
@@ -62,13 +82,24 @@ def test_two_process_evaluation_of_ragged_labels_logs_the_one_process_map(tmp_pa
                       "--ckpt_store_interval_epochs", str(INTERVAL), "--augment", "false")
     result = run_two_processes(argv)
     assert result.returncode == 0, result.stderr[-3000:]
+    logs_the_one_process_map(run_dir)
 
-    history = {r["step"]: r["metrics"] for r in json.loads((run_dir / "eval_history.json").read_text())}
-    assert sorted(history) == list(range(INTERVAL, STEPS + 1, INTERVAL))
-    assert eval_checkpoints.main(["--run_dir", str(run_dir)]) == 0  # one process, the run's data and batch size
-    single = {r["step"]: r["metrics"] for r in
-              json.loads((run_dir / "checkpoint_metrics.json").read_text())["checkpoints"]}
-    assert sorted(single) == sorted(history)
-    assert max(metrics["map"] for metrics in single.values()) > 0  # else dropped or misplaced rows could agree
-    for step, metrics in single.items():
-        assert {k: history[step][k] for k in metrics} == pytest.approx(metrics, abs=1e-6)
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
+def test_two_process_evaluation_on_canvases_logs_the_one_process_map(tmp_path, synthetic_coco):
+    """6 evaluation images, 2 per canvas, each canvas's pair padded with 2 fillers. Training on those 6 images (batch
+    1 per process: one global batch per canvas, 3 steps an epoch) so that they are learned and the mAP is not 0."""
+    source = synthetic_coco(num_train=1, num_validation=6, image_size=32, min_objects=1, max_objects=3, seed=2)
+    data_dir = extend_to_aspect_ratios(shutil.copytree(source, tmp_path / "coco"))
+    shutil.copy(data_dir / "annotations" / "validation.json", data_dir / "annotations" / "train.json")
+
+    run_dir = tmp_path / "run"
+    argv = entry_argv(data_dir, run_dir, *CANVAS_RUN_ARGUMENTS, "--max_steps", str(CANVAS_STEPS),
+                      "--ckpt_store_interval_epochs", str(CANVAS_INTERVAL // 3), "--augment", "false",
+                      "--per_device_train_batch_size", "1")
+    result = run_two_processes(argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert len(summary["image_canvases"]) == 3
+    logs_the_one_process_map(run_dir, CANVAS_STEPS, CANVAS_INTERVAL)
