@@ -38,8 +38,10 @@ def image_folder(tmp_path: Path, trained_run: Path) -> Path:
     return folder
 
 
-def test_inference_on_a_split_writes_coco_results_annotated_images_and_map(trained_run: Path, tmp_path: Path):
+def test_inference_on_a_split_writes_coco_results_annotated_images_and_map(trained_run: Path, tmp_path: Path,
+                                                                          recwarn):
     out = infer(trained_run / "checkpoint-18", tmp_path / "out", "--split", "validation", "--threshold", "0.1")
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]  # no accelerator, no pinned-memory warning
 
     data_dir = Path(json.loads((trained_run / "run_args.json").read_text())["dataset_dir"])
     ground_truth = COCO(str(data_dir / "annotations" / "validation.json"))

@@ -108,8 +108,10 @@ def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, canvases: li
     """
     collector = RowCollector()
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer insists on an output_dir; nothing is saved
+        # Pinned memory only helps copies to an accelerator; without one the loader warns about it on every run.
         args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, batch_eval_metrics=True,
                                  dataloader_drop_last=True, remove_unused_columns=False, report_to="none",
+                                 dataloader_pin_memory=torch.accelerator.is_available(),
                                  disable_tqdm=not show_progress)
         trainer = gather_image_index_as_labels(Trainer(
             model=model, args=args, data_collator=DetectionCollator(canvases=canvases),
