@@ -48,7 +48,7 @@ from transformers.loss.loss_for_object_detection import HungarianMatcher
 
 from bench.compile_warmup import compile_warmup_isolated
 from bench.map_eval import compare_map_evaluation
-from bench.training_step import detection_outputs, forward_and_loss, outputs_loss
+from bench.training_step import forward_and_loss, outputs_loss
 from bench.workload import (
     CANVAS_PATHS,
     MEDIAN_OBJECTS,
@@ -63,6 +63,7 @@ from bench.workload import (
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.device_matcher import DeviceMatcher, solve, worst_case_steps
 from detr_ft.model.matcher import host_assignment, hungarian_match, matching_costs
+from detr_ft.model.pure_forward import pure_forward
 from detr_ft.train.sync_audit import HostSyncCounter
 
 MAX_MAP_DIFF = 1e-4
@@ -295,7 +296,7 @@ def matcher_step_ms(
                 "device_compiled": DeviceMatcher(short_steps, backend)}
     steps = {name: partial(forward_and_loss, model, match=match) for name, match in matchers.items()}
     if captured is not None:
-        forward = torch.compile(partial(detection_outputs, model), **captured)
+        forward = torch.compile(partial(pure_forward, model), **captured)
         steps["device_captured"] = lambda batch: outputs_loss(
             model, forward(batch["pixel_values"], batch["pixel_mask"]), batch["labels"], matchers["device_compiled"])
 

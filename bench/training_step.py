@@ -25,22 +25,16 @@ from detr_ft.model.matcher import hungarian_match
 from detr_ft.model.pure_forward import loss_from_outputs, pure_forward
 
 
-def detection_outputs(model: DetrForObjectDetection, pixel_values: Tensor, pixel_mask: Tensor
-                      ) -> DetrObjectDetectionOutput:
-    """The forward without labels: the model's predictions, every decoder layer's with the auxiliary loss on."""
-    return pure_forward(model, pixel_values, pixel_mask)
-
-
 def outputs_loss(
     model: DetrForObjectDetection, outputs: DetrObjectDetectionOutput, labels: dict[str, Tensor],
     match: Callable = hungarian_match,
 ) -> Tensor:
-    """`padded_detr_loss` of `detection_outputs` on padded labels, matching with `match`: () float."""
+    """`padded_detr_loss` of `pure_forward`'s outputs on padded labels, matching with `match`: () float."""
     loss, _, _ = loss_from_outputs(model, outputs, labels, partial(padded_detr_loss, match=match))
     return loss
 
 
 def forward_and_loss(model: DetrForObjectDetection, batch: dict, match: Callable = hungarian_match) -> Tensor:
     """The forward without labels, then the loss from its outputs: () float."""
-    outputs = detection_outputs(model, batch["pixel_values"], batch["pixel_mask"])
+    outputs = pure_forward(model, batch["pixel_values"], batch["pixel_mask"])
     return outputs_loss(model, outputs, batch["labels"], match)

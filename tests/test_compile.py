@@ -19,13 +19,14 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
-from bench.training_step import detection_outputs, forward_and_loss, outputs_loss
+from bench.training_step import forward_and_loss, outputs_loss
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.data.sources import load_coco_folder
 from detr_ft.model.device_matcher import DeviceMatcher
 from detr_ft.model.matcher import host_assignment, hungarian_match, matching_costs
+from detr_ft.model.pure_forward import pure_forward
 from detr_ft.model.static_shapes import use_static_shape_loss
 from patches import apply_patches
 
@@ -121,7 +122,7 @@ def test_host_matcher_step_compiles_around_the_matcher_only(model, epoch):
     pieces around the break are compiled once per bucket too."""
     torch._dynamo.reset()
     counters.clear()
-    forward = CountedCompile(partial(detection_outputs, model))
+    forward = CountedCompile(partial(pure_forward, model))
     costs = CountedCompile(matching_costs)
 
     @torch.compiler.disable  # the host copy + scipy: excluded from the compiled region
