@@ -161,7 +161,7 @@ class NonFiniteLossGuard(TrainerCallback):
         self.restore_buffers(model)
         set_random_state(args.device, self.saved_random_state)
         with self.matcher.on_host():
-            self.trainer.redo_step(model, step_inputs)
+            self.trainer.redo_step(step_inputs)
         self.redone_steps += 1
 
     def restore_buffers(self, model) -> None:

@@ -48,10 +48,15 @@ class LossFromOutputs:
                                    "auxiliary_outputs": auxiliary_outputs})
         return loss, outputs
 
-    def redo_step(self, model: nn.Module, step_inputs: list[tuple[dict[str, Any], Tensor | int | None]]) -> None:
+    def redo_step(self, step_inputs: list[tuple[dict[str, Any], Tensor | int | None]]) -> None:
         """Forward, loss and backward of a step's micro-batches again, as the training loop runs them (gradient
         reduction across processes on the last one only), then gradient clipping as the loop clips. The caller has
-        zeroed the gradients and put back what the first pass changed (buffers, random state)."""
+        zeroed the gradients and put back what the first pass changed (buffers, random state).
+
+        It runs through `model_wrapped`, the model as the loop calls it (under DDP, the DistributedDataParallel
+        wrapper, whose backward averages the gradients over processes); the bare model a callback gets would leave
+        each process with its own gradients (tests/test_ddp.py)."""
+        model = self.model_wrapped
         for index, (inputs, num_items_in_batch) in enumerate(step_inputs):
             last = index == len(step_inputs) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
