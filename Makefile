@@ -9,7 +9,7 @@ OUTDIR ?= outputs/cppe5
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv venv-gaudi data cppe5 demo train eval-all-checkpoints infer test test-main test-gaudi test-fast bench bench-canvas\
+.PHONY: venv venv-gaudi data cppe5 demo demo-canvases train eval-all-checkpoints infer test test-main test-gaudi test-fast bench bench-canvas\
 	lint clean
 
 $(VENV)/.installed: requirements.txt
@@ -47,6 +47,9 @@ cppe5: $(CPPE5_DIR)/annotations/train.json
 
 demo: $(VENV)/.installed
 	$(PY) -m detr_ft.demo
+
+demo-canvases: $(VENV)/.installed
+	$(PY) -m detr_ft.demo_canvases
 
 # Stock path against ours on a DETR-R50-shaped random model (CPU): host syncs (on both stacks: the Gaudi one in
 # $(GAUDI_VENV)), compilations, compile warm-up, eager steps/s, matcher and mAP-evaluation time. Prints a table,

@@ -4,6 +4,7 @@ reach mAP50 0.4 on the synthetic validation set (it gives about 0.55; a transfor
 import json
 
 import pytest
+from conftest import REPO
 
 import run_object_detection
 from detr_ft.demo import recipe, write_data
@@ -18,3 +19,23 @@ def test_demo_recipe_learns_to_detect_shapes(tmp_path):
     final = json.loads((output_dir / "eval_history.json").read_text())[-1]
     assert final["step"] == 1024
     assert final["metrics"]["map_50"] >= 0.4, final["metrics"]
+
+
+def test_canvas_demo_trains_both_runs_and_prints_their_map_side_by_side(tmp_path, monkeypatch, capsys):
+    """`make demo-canvases` cut to one epoch of 96 images: both runs train on their canvases and the table pairs their
+    evaluations (the full demo's numbers are in the README)."""
+    from detr_ft import demo_canvases
+
+    monkeypatch.chdir(REPO)  # the demo runs `run_object_detection.py` from the checkout, as `make` does
+    monkeypatch.setattr(demo_canvases, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(demo_canvases, "OUTPUT_DIR", tmp_path / "runs")
+    monkeypatch.setattr(demo_canvases, "TRAIN_IMAGES", 96)
+    monkeypatch.setattr(demo_canvases, "VALIDATION_IMAGES", 6)
+    monkeypatch.setattr(demo_canvases, "EPOCHS", 1)
+    assert demo_canvases.main() == 0
+
+    printed = capsys.readouterr().out
+    assert "demo-canvases: K=1 canvases [[64, 64]], padded pixels 33.3%" in printed
+    assert "demo-canvases: K=3 canvases [[64, 32], [64, 64], [32, 64]], padded pixels 0.0%" in printed
+    rows = [line.split() for line in printed.splitlines() if line.strip().startswith("3 ")]
+    assert len(rows) == 1 and len(rows[0]) == 5  # step 3: mAP50 and mAP of each run
