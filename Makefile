@@ -49,7 +49,7 @@ demo: $(VENV)/.installed
 	$(PY) -m detr_ft.demo
 
 demo-canvases: $(VENV)/.installed
-	$(PY) -m detr_ft.demo_canvases
+	$(PY) -m detr_ft.demo canvases
 
 # Stock path against ours on a DETR-R50-shaped random model (CPU): host syncs (on both stacks: the Gaudi one in
 # $(GAUDI_VENV)), compilations, compile warm-up, eager steps/s, matcher and mAP-evaluation time. Prints a table,

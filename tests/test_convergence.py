@@ -24,15 +24,15 @@ def test_demo_recipe_learns_to_detect_shapes(tmp_path):
 def test_canvas_demo_trains_both_runs_and_prints_their_map_side_by_side(tmp_path, monkeypatch, capsys):
     """`make demo-canvases` cut to one epoch of 96 images: both runs train on their canvases and the table pairs their
     evaluations (the full demo's numbers are in the README)."""
-    from detr_ft import demo_canvases
+    from detr_ft import demo
 
     monkeypatch.chdir(REPO)  # the demo runs `run_object_detection.py` from the checkout, as `make` does
-    monkeypatch.setattr(demo_canvases, "DATA_DIR", tmp_path / "data")
-    monkeypatch.setattr(demo_canvases, "OUTPUT_DIR", tmp_path / "runs")
-    monkeypatch.setattr(demo_canvases, "TRAIN_IMAGES", 96)
-    monkeypatch.setattr(demo_canvases, "VALIDATION_IMAGES", 6)
-    monkeypatch.setattr(demo_canvases, "EPOCHS", 1)
-    assert demo_canvases.main() == 0
+    monkeypatch.setattr(demo, "CANVAS_DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(demo, "CANVAS_OUTPUT_DIR", tmp_path / "runs")
+    monkeypatch.setattr(demo, "CANVAS_TRAIN_IMAGES", 96)
+    monkeypatch.setattr(demo, "CANVAS_VALIDATION_IMAGES", 6)
+    monkeypatch.setattr(demo, "CANVAS_EPOCHS", 1)
+    assert demo.main(["canvases"]) == 0
 
     printed = capsys.readouterr().out
     assert "demo-canvases: K=1 canvases [[64, 64]], padded pixels 33.3%" in printed
