@@ -31,22 +31,17 @@ EPOCHS, EVAL_EVERY_EPOCHS = 12, 4  # 128 steps an epoch at batch 32
 
 CANVAS_DATA_DIR = Path("data/synthetic_aspect_ratios")
 CANVAS_OUTPUT_DIR = Path("outputs/demo_canvases")
-CANVAS_TRAIN_IMAGES, CANVAS_VALIDATION_IMAGES, ASPECT_RATIOS = 3840, 258, (1.0, 2.0, 0.5)
+CANVAS_TRAIN_IMAGES, CANVAS_VALIDATION_IMAGES, ASPECT_RATIOS = 3840, 258, (1.0, 2.0, 0.5)  # multiples of 3 shapes
 CANVAS_EPOCHS = 32  # 120 steps an epoch
 IMAGE_BUCKETS = (1, 3)
 
 
-def write_data(data_dir: Path) -> Path:
+def write_data(data_dir: Path, num_train: int = TRAIN_IMAGES, num_validation: int = VALIDATION_IMAGES,
+               aspect_ratios: tuple[float, ...] = (1.0,)) -> Path:
+    """The demo's synthetic COCO folder (seed 0), written once."""
     if not (data_dir / "annotations" / "train.json").exists():
-        write_synthetic_coco(data_dir, num_train=TRAIN_IMAGES, num_validation=VALIDATION_IMAGES,
-                             image_size=IMAGE_SIZE, seed=0)
-    return data_dir
-
-
-def write_canvas_data(data_dir: Path) -> Path:
-    if not (data_dir / "annotations" / "train.json").exists():
-        write_synthetic_coco(data_dir, num_train=CANVAS_TRAIN_IMAGES, num_validation=CANVAS_VALIDATION_IMAGES,
-                             image_size=IMAGE_SIZE, aspect_ratios=ASPECT_RATIOS, seed=0)
+        write_synthetic_coco(data_dir, num_train=num_train, num_validation=num_validation, image_size=IMAGE_SIZE,
+                             aspect_ratios=aspect_ratios, seed=0)
     return data_dir
 
 
@@ -77,7 +72,7 @@ def demo() -> None:
 
 
 def demo_canvases() -> None:
-    data_dir = write_canvas_data(CANVAS_DATA_DIR)
+    data_dir = write_data(CANVAS_DATA_DIR, CANVAS_TRAIN_IMAGES, CANVAS_VALIDATION_IMAGES, ASPECT_RATIOS)
     runs = {k: CANVAS_OUTPUT_DIR / f"image_buckets_{k}" for k in IMAGE_BUCKETS}
     eval_every = min(EVAL_EVERY_EPOCHS, CANVAS_EPOCHS)
     summaries = {k: train([*recipe(data_dir, output_dir, CANVAS_EPOCHS, eval_every), "--image_buckets", str(k)],
