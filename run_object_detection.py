@@ -10,6 +10,8 @@ mAP is evaluated at every checkpoint interval (`--ckpt_store_interval_epochs`) i
 import logging
 import sys
 
+import torch
+
 from detr_ft.console import setup_logging
 from detr_ft.train.arguments import parse_arguments, user_set_flags
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if lock is not None:
             lock.close()
+        # Under torchrun: a process group left to interpreter shutdown can abort the process after a finished run
+        # ("terminate called without an active exception", seen with gloo), failing the launch.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def train(device_type: str, run_arguments: dict, model_args, data_args, shape_args, device_args,
