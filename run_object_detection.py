@@ -10,8 +10,6 @@ mAP is evaluated at every checkpoint interval (`--ckpt_store_interval_epochs`) i
 import logging
 import sys
 
-import torch
-
 from detr_ft.console import setup_logging
 from detr_ft.train.arguments import parse_arguments, user_set_flags
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings
@@ -61,10 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if lock is not None:
             lock.close()
-        # Under torchrun: a process group left to interpreter shutdown can abort the process after a finished run
-        # ("terminate called without an active exception", seen with gloo), failing the launch.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def train(device_type: str, run_arguments: dict, model_args, data_args, shape_args, device_args,
@@ -178,6 +172,13 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
             raise
         logging.error("%s", message)
         return 4
+    # Under torchrun, the process group ends here, once every process is done with the others: left to interpreter
+    # shutdown, a gloo group aborted a finished process ("terminate called without an active exception"), and one
+    # process ending it while another is still at work can hang both (pytorch/pytorch#75097). Not after an
+    # exception: a process waiting here for one stuck elsewhere would never exit, while its exit lets torchrun stop
+    # the others.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     print(format_map_table(read_history(training_args.output_dir)))
     return 0
 

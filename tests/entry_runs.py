@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,39 @@ def entry_command(argv: list[str]) -> list[str]:
     return [sys.executable, str(ENTRY), *argv]
 
 
-def run_two_processes(argv: list[str]) -> subprocess.CompletedProcess:
-    """The entry under `torch.distributed.run` with 2 processes on CPU (gloo), one thread each."""
+def run_two_processes(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """The entry under `torch.distributed.run` with 2 processes on CPU (gloo), one thread each.
+
+    A launch still running after `timeout` seconds fails the test with the Python stack of every worker: they are
+    aborted (SIGABRT, which faulthandler answers with each thread's stack) and the launch's output tail is shown.
+    """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ENTRY),
                *argv, "--ddp_backend", "gloo"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=environment) as launch:
+        try:
+            stdout, stderr = launch.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for worker in child_processes(launch.pid):
+                os.kill(worker, signal.SIGABRT)
+            try:
+                stdout, stderr = launch.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                launch.kill()
+                stdout, stderr = launch.communicate()
+            stacks = "".join(line for line in stderr.splitlines(keepends=True)
+                             if not line.startswith("Extension modules:"))  # faulthandler's list of 140 modules
+            raise AssertionError(f"the 2-process launch was still running after {timeout:.0f} s; its workers were "
+                                 f"aborted.\n--- stdout (tail) ---\n{stdout[-3000:]}\n--- stderr (tail) ---\n"
+                                 f"{stacks[-20000:]}") from None
+    return subprocess.CompletedProcess(command, launch.returncode, stdout, stderr)
+
+
+def child_processes(pid: int) -> list[int]:
+    """The direct children of process `pid` (Linux /proc)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
 
 
 TIMING_METRICS = ("runtime", "samples_per_second", "steps_per_second")
