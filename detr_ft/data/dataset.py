@@ -81,6 +81,13 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.objects = clean_objects(split, category_to_label)
         self.canvases = canvases or [(image_size, image_size)]
         self.canvas_of = assign_canvases(split.image_sizes(), image_size, self.canvases)  # (N,)
+        self.max_image_pixels = Image.MAX_IMAGE_PIXELS  # the run's --max_image_pixels, set process-wide before
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in a data loader worker that was not forked from the training process (forkserver, spawn):
+        Pillow's process-wide decompression-bomb limit is back at its default there, so set the run's again."""
+        self.__dict__.update(state)
+        Image.MAX_IMAGE_PIXELS = self.max_image_pixels
 
     def __len__(self) -> int:
         return len(self.objects)

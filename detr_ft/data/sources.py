@@ -56,7 +56,41 @@ class CocoSplit:
             "annotations": [a for a in self.coco["annotations"] if a["image_id"] in kept],
             "categories": self.coco["categories"],
         }
-        return CocoSplit(name, coco, lambda i: self.read_image(indices[i]), self.source)
+        return CocoSplit(name, coco, SubsetImages(self.read_image, indices), self.source)
+
+
+# The image readers are classes, not closures: a data loader worker started by forkserver or spawn gets the dataset
+# pickled.
+@dataclass(frozen=True)
+class FolderImages:
+    """Image i of `coco` from `image_dir`, by its json file_name."""
+
+    image_dir: Path
+    coco: dict
+
+    def __call__(self, i: int) -> Image.Image:
+        return Image.open(self.image_dir / self.coco["images"][i]["file_name"])
+
+
+@dataclass(frozen=True)
+class SubsetImages:
+    """Image i of a subset: image indices[i] of the split it was taken from."""
+
+    read_image: Callable[[int], Image.Image]
+    indices: list[int]
+
+    def __call__(self, i: int) -> Image.Image:
+        return self.read_image(self.indices[i])
+
+
+@dataclass(frozen=True)
+class HubImages:
+    """Image i of a hub split (decoded by `datasets`)."""
+
+    hf_split: object
+
+    def __call__(self, i: int) -> Image.Image:
+        return self.hf_split[i]["image"]
 
 
 def missing_layout_error(dataset_dir: Path, annotation_file: Path) -> DatasetError:
@@ -95,10 +129,7 @@ def load_coco_folder(dataset_dir: str | Path, split: str) -> CocoSplit:
     if not annotation_file.exists():
         raise missing_layout_error(dataset_dir, annotation_file)
     coco = read_annotations(annotation_file)
-    image_dir = dataset_dir / "images"
-
-    return CocoSplit(split, coco, lambda i: Image.open(image_dir / coco["images"][i]["file_name"]),
-                     str(annotation_file))
+    return CocoSplit(split, coco, FolderImages(dataset_dir / "images", coco), str(annotation_file))
 
 
 def coco_from_hub_split(hf_split, name: str) -> CocoSplit:
@@ -113,7 +144,7 @@ def coco_from_hub_split(hf_split, name: str) -> CocoSplit:
                                 "category_id": category, "area": bbox[2] * bbox[3], "iscrowd": 0})
     categories = [{"id": i, "name": n} for i, n in enumerate(category_names)]
     coco = {"images": images, "annotations": annotations, "categories": categories}
-    return CocoSplit(name, coco, lambda i: hf_split[i]["image"], f"hub split {name!r}")
+    return CocoSplit(name, coco, HubImages(hf_split), f"hub split {name!r}")
 
 
 def carve_validation(train: CocoSplit, fraction: float, seed: int) -> tuple[CocoSplit, CocoSplit]:

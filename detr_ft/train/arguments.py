@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import sys
 from dataclasses import dataclass, field
@@ -143,6 +144,8 @@ TRAINING_DEFAULTS = {
 }
 AUTO_WORKERS = -1
 MAX_AUTO_WORKERS = 8
+# What a data loader worker unpickles besides our modules: the Trainer's worker seeding (`preload_worker_modules`).
+WORKER_MODULES = ("transformers.trainer_utils",)
 
 ALL_ARGUMENTS = (ModelArguments, DataArguments, StaticShapeArguments, DeviceArguments, TrainingArguments)
 
@@ -228,10 +231,38 @@ def default_dataloader_workers() -> int:
     return max(1, min(MAX_AUTO_WORKERS, cpus // local_processes - 1))
 
 
+def worker_start_method(training: TrainingArguments, workers: int) -> dict[str, str]:
+    """`dataloader_multiprocessing_context="forkserver"` when there are workers and the user chose no other start
+    method (transformers 4.55, the Gaudi stack, has no such argument: its workers fork).
+
+    Forking the training process, which runs other threads, can leave the worker deadlocked before it runs a line:
+    CPython before 3.12 (3.11.7 here) takes in the child a lock that another thread may have held at the fork
+    (python/cpython#112275). It hung a 2-process CI run: each epoch forks fresh workers while the previous epoch's
+    worker-queue thread is still ending. A forkserver is a single-threaded process, started once, that forks the
+    workers from itself. It imports what they need once (`preload_worker_modules`), so a worker still starts in
+    milliseconds, and every epoch still gets fresh workers seeded as with fork (resume stays bit-exact)."""
+    chosen = getattr(training, "dataloader_multiprocessing_context", "no such argument")
+    if workers == 0 or chosen not in (None, "forkserver"):
+        return {}
+    preload_worker_modules()
+    return {"dataloader_multiprocessing_context": "forkserver"}
+
+
+def preload_worker_modules() -> None:
+    """Have the forkserver import this package's modules imported so far and WORKER_MODULES before it forks a
+    worker. A worker imports the entry script again as `__mp_main__` (multiprocessing's forkserver does not preload
+    `__main__` as documented), then unpickles the dataset, the collator and the Trainer's worker seeding: without
+    the preload every worker of every epoch imports transformers, datasets and albumentations anew (~0.7 s)."""
+    package = __name__.split(".")[0]
+    imported = sorted(name for name in sys.modules if name.split(".")[0] == package)
+    multiprocessing.set_forkserver_preload([*imported, *WORKER_MODULES])
+
+
 def finalize_training_arguments(training: TrainingArguments, shapes: StaticShapeArguments,
                                 images_per_canvas: list[int]) -> TrainingArguments:
     """Evaluate and save every `ckpt_store_interval_epochs` epochs; constant batch shapes; determinism; data loader
-    workers from the CPU count unless set (they prefetch 2 batches each; the Trainer pins memory by default)."""
+    workers from the CPU count unless set (they prefetch 2 batches each; the Trainer pins memory by default),
+    started from a forkserver (`worker_start_method`)."""
     interval = shapes.ckpt_store_interval_epochs * steps_per_epoch(images_per_canvas, training)
     workers = training.dataloader_num_workers
     workers = default_dataloader_workers() if workers == AUTO_WORKERS else workers
@@ -247,4 +278,5 @@ def finalize_training_arguments(training: TrainingArguments, shapes: StaticShape
         remove_unused_columns=False,
         full_determinism=training.full_determinism or shapes.deterministic,
         dataloader_num_workers=workers,
+        **worker_start_method(training, workers),
     )

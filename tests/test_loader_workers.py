@@ -1,0 +1,69 @@
+"""Training data loader workers start from a forkserver, not as forks of the training process (which can deadlock
+on CPython before 3.12: python/cpython#112275), and the training data survives the pickling that takes."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+from transformers import Trainer
+
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.sources import carve_validation, load_coco_folder
+from detr_ft.train.arguments import finalize_training_arguments, parse_arguments
+
+
+class ParentProcessIds(torch.utils.data.Dataset):
+    """Each sample is the id of the parent of the process that loads it."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> dict[str, int]:
+        return {"parent": os.getppid()}
+
+
+def finalized_training_arguments(tmp_path, *argv: str):
+    _, _, shapes, _, training = parse_arguments(["--output_dir", str(tmp_path), "--image_size", "32", *argv])
+    return finalize_training_arguments(training, shapes, images_per_canvas=[16])
+
+
+def test_training_loader_workers_are_not_forked_from_the_training_process(tmp_path):
+    training = finalized_training_arguments(tmp_path, "--per_device_train_batch_size", "1", "--report_to", "none",
+                                            "--dataloader_pin_memory", "false")
+    assert training.dataloader_num_workers >= 1
+    trainer = Trainer(model=torch.nn.Linear(1, 1), args=training, train_dataset=ParentProcessIds(),
+                      eval_dataset=ParentProcessIds())
+    parents = [parent for batch in trainer.get_train_dataloader() for parent in batch["parent"].tolist()]
+    assert len(parents) == 2 and os.getpid() not in parents
+
+
+@pytest.mark.parametrize(("argv", "start_method"), [
+    (["--dataloader_num_workers", "0"], None),  # no workers: nothing to start
+    (["--dataloader_multiprocessing_context", "spawn"], "spawn"),  # the user's choice stands
+    (["--dataloader_multiprocessing_context", "fork"], "fork"),
+])
+def test_the_start_method_is_left_alone_without_workers_or_when_chosen(tmp_path, argv, start_method):
+    assert finalized_training_arguments(tmp_path, *argv).dataloader_multiprocessing_context == start_method
+
+
+def test_a_pickled_training_dataset_loads_the_same_samples_under_the_runs_pillow_limit(synthetic_coco):
+    folder = synthetic_coco(num_train=6, num_validation=2, image_size=32)
+    train, _ = carve_validation(load_coco_folder(folder, "train"), 0.5, seed=0)  # a subset: its reader too
+    classes = ClassMapping.from_categories(train.coco["categories"])
+    default_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 100  # as --max_image_pixels 100 sets it: 32 x 32 images are over twice that
+        dataset = DetectionDataset(train, classes.category_to_label, 32)
+        Image.MAX_IMAGE_PIXELS = default_limit  # a worker's fresh interpreter
+        copy = pickle.loads(pickle.dumps(dataset))
+        with pytest.raises(Image.DecompressionBombError):
+            copy[0]
+        Image.MAX_IMAGE_PIXELS = default_limit
+        for i in range(len(dataset)):
+            sample, copied = dataset[i], copy[i]
+            assert all(torch.equal(sample[key], copied[key]) for key in sample)
+    finally:
+        Image.MAX_IMAGE_PIXELS = default_limit
