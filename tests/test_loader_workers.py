@@ -11,6 +11,7 @@ from transformers import Trainer
 
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.labels import ClassMapping
+from detr_ft.data.prepare import prepare_data
 from detr_ft.data.sources import carve_validation, load_coco_folder
 from detr_ft.train.arguments import finalize_training_arguments, parse_arguments
 
@@ -38,6 +39,26 @@ def test_training_loader_workers_are_not_forked_from_the_training_process(tmp_pa
                       eval_dataset=ParentProcessIds())
     parents = [parent for batch in trainer.get_train_dataloader() for parent in batch["parent"].tolist()]
     assert len(parents) == 2 and os.getpid() not in parents
+
+
+def test_forkserver_workers_load_the_augmented_batches_forked_workers_load(synthetic_coco, tmp_path):
+    """Same seeds, same augmentation: the start method changes nothing a run trains on (resume stays bit-exact)."""
+    folder = synthetic_coco(num_train=8, num_validation=2, image_size=32)
+    epochs = {}
+    for start_method in ("fork", "forkserver"):
+        _, data_args, shapes, _, training = parse_arguments([
+            "--dataset_dir", str(folder), "--output_dir", str(tmp_path), "--image_size", "32", "--pad_images",
+            "--pad_objects", "--per_device_train_batch_size", "2", "--report_to", "none", "--dataloader_pin_memory",
+            "false", "--dataloader_multiprocessing_context", start_method])
+        data = prepare_data(data_args, shapes)
+        assert data_args.augment
+        training = finalize_training_arguments(training, shapes, data.images_per_canvas())
+        trainer = Trainer(model=torch.nn.Linear(1, 1), args=training, train_dataset=data.train,
+                          eval_dataset=data.eval, data_collator=data.collator())
+        loader = trainer.get_train_dataloader()
+        epochs[start_method] = [batch["pixel_values"] for _ in range(2) for batch in loader]  # 2 x (2, 3, 32, 32)
+    assert len(epochs["fork"]) == 8
+    assert all(torch.equal(a, b) for a, b in zip(epochs["fork"], epochs["forkserver"], strict=True))
 
 
 @pytest.mark.parametrize(("argv", "start_method"), [
