@@ -3,6 +3,11 @@ on CPython before 3.12: python/cpython#112275), and the training data survives t
 
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +93,39 @@ def test_a_pickled_training_dataset_loads_the_same_samples_under_the_runs_pillow
             assert all(torch.equal(sample[key], copied[key]) for key in sample)
     finally:
         Image.MAX_IMAGE_PIXELS = default_limit
+
+
+LOADING_PROCESS = """
+import sys, torch
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.sources import load_coco_folder
+split = load_coco_folder(sys.argv[1], "train")
+dataset = DetectionDataset(split, ClassMapping.from_categories(split.coco["categories"]).category_to_label, 32)
+loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=1, multiprocessing_context="forkserver",
+                                     collate_fn=len)
+batches = iter(loader)
+next(batches)
+print(batches._workers[0].pid, flush=True)
+input()  # until killed
+"""
+
+
+def is_running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\tZ" not in status.read_text().split("State:")[1].splitlines()[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_forkserver_worker_ends_when_the_process_it_loads_for_is_killed(synthetic_coco):
+    folder = synthetic_coco(num_train=6, num_validation=2, image_size=32)
+    loading = subprocess.Popen([sys.executable, "-c", LOADING_PROCESS, str(folder)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    worker = int(loading.stdout.readline())
+    assert is_running(worker)
+    loading.send_signal(signal.SIGKILL)  # no shutdown of its loader: torch's watchdog would watch the forkserver
+    loading.wait()
+    deadline = time.monotonic() + 60  # the worker checks every second; a loaded machine may be slow to run it
+    while is_running(worker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not is_running(worker)

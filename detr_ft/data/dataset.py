@@ -11,6 +11,9 @@ Boxes are normalised by the image they belong to, before any padding (the origin
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 
 import albumentations as A
 import numpy as np
@@ -66,6 +69,21 @@ def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[t
             for b, lb in zip(boxes, labels, strict=True)]
 
 
+def exit_with(pid: int, interval_s: float = 1.0) -> None:
+    """End this process (a data loader worker) once process `pid` is gone; checked every `interval_s` by a daemon
+    thread."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, name=f"exit-with-{pid}", daemon=True).start()
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """Model samples from a `CocoSplit`: pixel_values (3, h, w) with max(h, w) == image_size, plus targets.
 
@@ -83,11 +101,20 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.canvas_of = assign_canvases(split.image_sizes(), image_size, self.canvases)  # (N,)
         self.max_image_pixels = Image.MAX_IMAGE_PIXELS  # the run's --max_image_pixels, set process-wide before
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "loading_process": os.getpid()}
+
     def __setstate__(self, state: dict) -> None:
-        """Unpickled in a data loader worker that was not forked from the training process (forkserver, spawn):
-        Pillow's process-wide decompression-bomb limit is back at its default there, so set the run's again."""
+        """Unpickled in a data loader worker that was not forked from the training process (forkserver, spawn).
+        Pillow's process-wide decompression-bomb limit is back at its default there: set the run's again. And
+        torch's worker watchdog checks the worker's parent, which under a forkserver is the server: a trainer killed
+        without shutting its loader down would leave the worker (and the server it keeps alive) running forever, so
+        the worker ends itself once the process that pickled the dataset is gone (`exit_with`)."""
+        loading_process = state.pop("loading_process")
         self.__dict__.update(state)
         Image.MAX_IMAGE_PIXELS = self.max_image_pixels
+        if loading_process != os.getpid():
+            exit_with(loading_process)
 
     def __len__(self) -> int:
         return len(self.objects)
