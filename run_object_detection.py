@@ -151,7 +151,8 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
         callbacks=[*callbacks, run_summary],
         train_sampler=data.train_sampler(training_args.per_device_train_batch_size * training_args.world_size,
                                          training_args.seed if training_args.data_seed is None
-                                         else training_args.data_seed),
+                                         else training_args.data_seed,
+                                         training_args.gradient_accumulation_steps),
     )
     if guard is not None and isinstance(matcher, DeviceMatcher) and matcher.steps:
         guard.carry_matcher_flags(matcher, trainer)  # the matcher's "unfinished" flag rides on the guard's read

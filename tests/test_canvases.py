@@ -97,6 +97,27 @@ def test_sampler_batches_stay_on_one_canvas_on_every_process_and_repeat_per_epoc
         assert len(set(canvas_of[batch_0 + batch_1])) == 1
 
 
+@pytest.mark.parametrize(("accumulation", "full_steps", "last_step"), [
+    (2, [2] * 9, [0]),  # every batch of canvases 1 and 2 shares its step with one of canvas 0
+    (3, [2, 2, 2, 3, 3, 3], [0]),  # canvas 2's 3 batches: 3 steps of all canvases; then 0 and 1 until 1 runs out
+    (4, [2, 3, 3, 3], [1, 0, 1]),
+])
+def test_sampler_deals_each_accumulated_step_batches_of_different_canvases(accumulation, full_steps, last_step):
+    canvas_of = np.array([0] * 40 + [1] * 24 + [2] * 12 + [1] * 3)  # (79,): 10, 6 and 3 global batches of 4
+    sampler = CanvasGroupedSampler(canvas_of, 4, seed=3, accumulation_steps=accumulation)
+    global_batches = batches_of(sampler, 4)
+    assert len(global_batches) == 19 and len(sampler) == 19 * 4
+    assert all(len(set(canvas_of[batch])) == 1 for batch in global_batches)
+    assert len({i for batch in global_batches for i in batch}) == len(sampler)
+    canvases = [int(canvas_of[batch[0]]) for batch in global_batches]
+    steps = [canvases[start:start + accumulation] for start in range(0, 19, accumulation)]
+    assert sorted(len(set(step)) for step in steps[:-1]) == full_steps
+    assert steps[-1] == last_step  # the partial step stays last: the trainer's steps keep their groups
+    assert batches_of(sampler, 4) == global_batches  # same seed and epoch: same order (a resume)
+    sampler.set_epoch(1)
+    assert batches_of(sampler, 4) != global_batches
+
+
 def test_eval_set_is_grouped_by_canvas_with_fillers_of_its_canvas(aspect_ratio_dir):
     split = load_coco_folder(aspect_ratio_dir, "validation")
     canvases = choose_canvases(load_coco_folder(aspect_ratio_dir, "train").image_sizes(), 64, 3)

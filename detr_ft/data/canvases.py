@@ -22,7 +22,10 @@ shrunk to fit it.
 (seed + epoch, like accelerate's seedable sampler), cuts them into global batches, drops each canvas's last partial
 batch and shuffles the global batches. The DataLoader cuts its index stream into per-process batches and
 accelerate hands batch j to process j % world_size, so at every step all processes train on the same canvas, and the
-graphs of a run are (number of canvases) x (target buckets).
+graphs of a run are (number of canvases) x (target buckets). With gradient accumulation (G batches an optimizer
+step) the sampler deals each step's G batches from G different canvases where it can (the canvases with the most
+batches left first), so one update averages several shapes as the square's mixed batches do, and shuffles the steps,
+a last partial step kept last so the trainer's steps stay aligned with the groups.
 """
 
 from __future__ import annotations
@@ -107,12 +110,14 @@ def padded_pixel_fraction(sizes: Sequence[tuple[int, int]], canvases: Sequence[C
 
 
 class CanvasGroupedSampler(torch.utils.data.Sampler[int]):
-    """Dataset indices whose every run of `global_batch_size` belongs to one canvas (see the module docstring)."""
+    """Dataset indices whose every run of `global_batch_size` belongs to one canvas, each optimizer step's
+    `accumulation_steps` runs from different canvases where possible (see the module docstring)."""
 
-    def __init__(self, canvas_of: np.ndarray, global_batch_size: int, seed: int):
+    def __init__(self, canvas_of: np.ndarray, global_batch_size: int, seed: int, accumulation_steps: int = 1):
         self.members = [np.flatnonzero(canvas_of == k) for k in range(int(canvas_of.max(initial=-1)) + 1)]
         self.global_batch_size = global_batch_size
         self.seed = seed
+        self.accumulation_steps = accumulation_steps
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -127,11 +132,37 @@ class CanvasGroupedSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        batches = []
+        canvas_batches = []  # per canvas: its global batches of this epoch
         for members in self.members:
             shuffled = members[torch.randperm(len(members), generator=generator).numpy()]  # (n_k,)
             usable = len(members) // self.global_batch_size * self.global_batch_size
-            batches += [shuffled[start:start + self.global_batch_size]
-                        for start in range(0, usable, self.global_batch_size)]
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            yield from batches[b].tolist()
+            canvas_batches.append([shuffled[start:start + self.global_batch_size]
+                                   for start in range(0, usable, self.global_batch_size)])
+        if self.accumulation_steps == 1:
+            batches = [batch for batches in canvas_batches for batch in batches]
+            for b in torch.randperm(len(batches), generator=generator).tolist():
+                yield from batches[b].tolist()
+            return
+        steps = mixed_steps(canvas_batches, self.accumulation_steps)
+        full = [step for step in steps if len(step) == self.accumulation_steps]
+        for s in [*torch.randperm(len(full), generator=generator).tolist(), *range(len(full), len(steps))]:
+            for batch in steps[s]:
+                yield from batch.tolist()
+
+
+def mixed_steps(canvas_batches: list[list[np.ndarray]], accumulation_steps: int) -> list[list[np.ndarray]]:
+    """The batches dealt into optimizer steps of `accumulation_steps` each (the last one may hold fewer): every
+    batch of a step from the canvas with the most batches left among those the step does not hold yet (any canvas
+    once the step holds them all), so the canvases run out together and a step holds min(G, K) canvases."""
+    left = [list(batches) for batches in canvas_batches]
+    steps = []
+    while any(left):
+        step, used = [], set()
+        while len(step) < accumulation_steps and any(left):
+            candidates = [k for k in range(len(left)) if left[k] and k not in used] or \
+                         [k for k in range(len(left)) if left[k]]
+            k = max(candidates, key=lambda k: len(left[k]))
+            step.append(left[k].pop())
+            used.add(k)
+        steps.append(step)
+    return steps

@@ -37,11 +37,12 @@ class PreparedData:
             return None
         return padded_pixel_fraction(self.train.split.image_sizes(), self.canvases, self.train.canvas_of)
 
-    def train_sampler(self, global_batch_size: int, seed: int) -> CanvasGroupedSampler | None:
+    def train_sampler(self, global_batch_size: int, seed: int,
+                      accumulation_steps: int = 1) -> CanvasGroupedSampler | None:
         """Batches on one canvas each when there are several; None: the trainer's own random sampler."""
         if self.canvases is None or len(self.canvases) == 1:
             return None
-        return CanvasGroupedSampler(self.train.canvas_of, global_batch_size, seed)
+        return CanvasGroupedSampler(self.train.canvas_of, global_batch_size, seed, accumulation_steps)
 
     def images_per_canvas(self) -> list[int]:
         """Training images of each canvas: each canvas drops its own last partial batch."""
