@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detr_ft.data.canvases import CanvasGroupedSampler
+from detr_ft.train.arguments import steps_per_epoch
 
 
 class CanvasImages(torch.utils.data.Dataset):
@@ -71,6 +72,7 @@ def test_the_trainer_accumulates_each_step_over_the_canvases_the_sampler_dealt_i
     trainer._get_train_sampler = lambda *_: CanvasGroupedSampler(canvas_of, 2, seed=0, accumulation_steps=3)
     trainer.train()
     assert step_ends.micro_batches == [3, 6, 9, 10, 13, 16, 19, 20]  # 2 epochs of 3 full steps and 1 partial
+    assert steps_per_epoch([8, 8, 4], trainer.args) == 4  # what the eval and save interval counts in
     starts = [0, *step_ends.micro_batches[:-1]]
     steps = [model.shapes[start:end] for start, end in zip(starts, step_ends.micro_batches, strict=True)]
     for epoch in (steps[:4], steps[4:]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -212,10 +213,12 @@ def global_batch_size(training: TrainingArguments) -> int:
 
 def steps_per_epoch(images_per_canvas: list[int], training: TrainingArguments) -> int:
     """Optimizer steps in one epoch: each canvas's last partial batch (over all processes) is dropped (constant
-    shapes); one canvas: the last partial batch."""
+    shapes); one canvas: the last partial batch. Both trainers end an epoch with a step of the micro-batches left
+    over by gradient accumulation."""
     batch = training.per_device_train_batch_size * training.world_size
-    steps = sum(images // batch for images in images_per_canvas) // training.gradient_accumulation_steps
-    if steps == 0:
+    batches = sum(images // batch for images in images_per_canvas)
+    steps = math.ceil(batches / training.gradient_accumulation_steps)
+    if batches < training.gradient_accumulation_steps:
         per_canvas = f" ({images_per_canvas} per image canvas)" if len(images_per_canvas) > 1 else ""
         raise ValueError(f"the training set has {sum(images_per_canvas)} images{per_canvas}, fewer than one batch "
                          f"({global_batch_size(training)}): lower --per_device_train_batch_size")
