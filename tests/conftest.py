@@ -96,6 +96,8 @@ def aspect_ratio_dir(synthetic_dir, tmp_path_factory) -> Path:
 
 
 CANVAS_RUN_ARGUMENTS = ("--image_size", "64", "--image_buckets", "3")
+# each optimizer step accumulates 2 batches, which the sampler deals from 2 canvases: 3 steps an epoch
+DEALT_CANVAS_RUN_ARGUMENTS = (*CANVAS_RUN_ARGUMENTS, "--gradient_accumulation_steps", "2")
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +115,16 @@ def canvas_reference_run(canvas_coco, tmp_path_factory) -> Path:
 
     output_dir = tmp_path_factory.mktemp("canvas_reference_run")
     assert run_in_process(entry_argv(canvas_coco, output_dir, *CANVAS_RUN_ARGUMENTS)) == 0
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def dealt_canvas_reference_run(canvas_coco, tmp_path_factory) -> Path:
+    """`canvas_reference_run` with gradient accumulation over canvases."""
+    from entry_runs import entry_argv, run_in_process
+
+    output_dir = tmp_path_factory.mktemp("dealt_canvas_reference_run")
+    assert run_in_process(entry_argv(canvas_coco, output_dir, *DEALT_CANVAS_RUN_ARGUMENTS)) == 0
     return output_dir
 
 

@@ -1,6 +1,7 @@
 """kill -9 after a checkpoint, then the same command again: training resumes by itself and, with --deterministic and
 augmentation on, ends with the weights, mAP history and run summary of an uninterrupted run, bit for bit on CPU; with
-the square canvas and with three aspect-ratio canvases (whose sampler must give the resumed epoch the same batches).
+the square canvas and with three aspect-ratio canvases (whose sampler must give the resumed epoch the same batches,
+also when it deals accumulated steps over the canvases).
 A rerun after the final save failed keeps the run summary."""
 
 import json
@@ -11,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import CANVAS_RUN_ARGUMENTS
+from conftest import CANVAS_RUN_ARGUMENTS, DEALT_CANVAS_RUN_ARGUMENTS
 from entry_runs import entry_argv, entry_command, eval_records, final_weights, run_in_process
 
 from detr_ft.train.checkpoints import COMPLETE_MARKER
@@ -35,10 +36,12 @@ def summary(run_dir):
 
 
 # (data fixture, reference run fixture, extra arguments, steps per epoch): the square canvas on 4 images in batches
-# of 2; three aspect-ratio canvases (--image_buckets 3) on 12 images of three shapes, 4 per canvas, 2 batches each.
+# of 2; three aspect-ratio canvases (--image_buckets 3) on 12 images of three shapes, 4 per canvas, 2 batches each,
+# one a step or 2 a step (accumulated, from different canvases).
 RUNS = {
     "square": ("tiny_coco", "reference_run", (), 2),
     "canvases": ("canvas_coco", "canvas_reference_run", CANVAS_RUN_ARGUMENTS, 6),
+    "dealt canvases": ("canvas_coco", "dealt_canvas_reference_run", DEALT_CANVAS_RUN_ARGUMENTS, 3),
 }
 
 
