@@ -8,8 +8,9 @@ trained twice on the same images in three shapes, once on the square (`--image_b
 canvases (`--image_buckets 3`), the same steps and seed; it prints both runs' mAP at every evaluation. The images are
 synthetic shapes drawn natively as 64 x 64, 64 x 32 and 32 x 64 (`aspect_ratios` 1, 2, 1/2 in turn), so every
 shape's objects have the same pixel sizes (13-29 px) and no image is shrunk to fit: on the square a 2:1 image is
-padded to twice its area, on its canvas not at all. 3,840 training images, a multiple of 3 shapes x batch 32, so
-both runs take the same 120 steps an epoch.
+padded to twice its area, on its canvas not at all. The 32 images of a step come as 2 accumulated batches of 16,
+which the canvas run takes from 2 different canvases (an optimizer step of one canvas learns later: README).
+3,840 training images, a multiple of 3 shapes x batch 16, so both runs take the same 120 steps an epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CANVAS_DATA_DIR = Path("data/synthetic_aspect_ratios")
 CANVAS_OUTPUT_DIR = Path("outputs/demo_canvases")
 CANVAS_TRAIN_IMAGES, CANVAS_VALIDATION_IMAGES, ASPECT_RATIOS = 3840, 258, (1.0, 2.0, 0.5)  # multiples of 3 shapes
 CANVAS_EPOCHS = 32  # 120 steps an epoch
+CANVAS_BATCH, CANVAS_ACCUMULATION = 16, 2  # each optimizer step on 2 canvases
 IMAGE_BUCKETS = (1, 3)
 
 
@@ -45,13 +47,15 @@ def write_data(data_dir: Path, num_train: int = TRAIN_IMAGES, num_validation: in
     return data_dir
 
 
-def recipe(data_dir: Path, output_dir: Path, epochs: int = EPOCHS, eval_every: int = EVAL_EVERY_EPOCHS) -> list[str]:
+def recipe(data_dir: Path, output_dir: Path, epochs: int = EPOCHS, eval_every: int = EVAL_EVERY_EPOCHS,
+           batch_size: int = 32, accumulation: int = 1) -> list[str]:
     """Command-line arguments of the from-scratch recipe: detr-tiny, 64 px, static shapes, AdamW 3e-4 constant,
-    gradient clipping 0.1, batch 32."""
+    gradient clipping 0.1, 32 images a step (`batch_size` x `accumulation`)."""
     return [
         "--model_name_or_path", "detr-tiny", "--dataset_dir", str(data_dir), "--output_dir", str(output_dir),
         "--pad_images", "--image_size", str(IMAGE_SIZE), "--pad_objects", "--num_buckets", "1", "--augment", "false",
-        "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--learning_rate", "3e-4",
+        "--per_device_train_batch_size", str(batch_size), "--gradient_accumulation_steps", str(accumulation),
+        "--per_device_eval_batch_size", "64", "--learning_rate", "3e-4",
         "--lr_scheduler_type", "constant", "--max_grad_norm", "0.1", "--num_train_epochs", str(epochs),
         "--ckpt_store_interval_epochs", str(eval_every), "--save_total_limit", "2", "--logging_steps", "128",
         "--dataloader_num_workers", "1", "--seed", "0", "--report_to", "none",
@@ -75,8 +79,9 @@ def demo_canvases() -> None:
     data_dir = write_data(CANVAS_DATA_DIR, CANVAS_TRAIN_IMAGES, CANVAS_VALIDATION_IMAGES, ASPECT_RATIOS)
     runs = {k: CANVAS_OUTPUT_DIR / f"image_buckets_{k}" for k in IMAGE_BUCKETS}
     eval_every = min(EVAL_EVERY_EPOCHS, CANVAS_EPOCHS)
-    summaries = {k: train([*recipe(data_dir, output_dir, CANVAS_EPOCHS, eval_every), "--image_buckets", str(k)],
-                          output_dir) for k, output_dir in runs.items()}
+    summaries = {k: train([*recipe(data_dir, output_dir, CANVAS_EPOCHS, eval_every, CANVAS_BATCH,
+                                   CANVAS_ACCUMULATION), "--image_buckets", str(k)], output_dir)
+                 for k, output_dir in runs.items()}
     print("\n  step  " + "  ".join(f"mAP50 K={k}  mAP K={k}" for k in IMAGE_BUCKETS))
     for records in zip(*(read_history(output_dir) for output_dir in runs.values()), strict=True):
         cells = "  ".join(f"{r['metrics']['map_50']:>9.3f}  {r['metrics']['map']:>7.3f}" for r in records)

@@ -69,7 +69,9 @@ class StaticShapeArguments:
     image_buckets: int = field(
         default=1,
         metadata={"help": "With --pad_images: K aspect-ratio canvases (H x W, long side image_size) chosen from the "
-                          "training images, each batch on one; 1 = the image_size x image_size square."},
+                          "training images, each batch on one (with --gradient_accumulation_steps G, each "
+                          "optimizer step's G batches on different canvases); 1 = the image_size x image_size "
+                          "square."},
     )
     pad_objects: bool = field(default=False, metadata={"help": "Pad per-image targets to bucket sizes."})
     num_buckets: int = field(default=1, metadata={"help": "Target bucket count with --pad_objects; 0 = no padding."})
