@@ -139,18 +139,18 @@ class CanvasGroupedSampler(torch.utils.data.Sampler[int]):
             canvas_batches.append([shuffled[start:start + self.global_batch_size]
                                    for start in range(0, usable, self.global_batch_size)])
         if self.accumulation_steps == 1:
-            batches = [batch for batches in canvas_batches for batch in batches]
+            batches = [batch for one_canvas in canvas_batches for batch in one_canvas]
             for b in torch.randperm(len(batches), generator=generator).tolist():
                 yield from batches[b].tolist()
             return
-        steps = mixed_steps(canvas_batches, self.accumulation_steps)
+        steps = dealt_steps(canvas_batches, self.accumulation_steps)
         full = [step for step in steps if len(step) == self.accumulation_steps]
         for s in [*torch.randperm(len(full), generator=generator).tolist(), *range(len(full), len(steps))]:
             for batch in steps[s]:
                 yield from batch.tolist()
 
 
-def mixed_steps(canvas_batches: list[list[np.ndarray]], accumulation_steps: int) -> list[list[np.ndarray]]:
+def dealt_steps(canvas_batches: list[list[np.ndarray]], accumulation_steps: int) -> list[list[np.ndarray]]:
     """The batches dealt into optimizer steps of `accumulation_steps` each (the last one may hold fewer): every
     batch of a step from the canvas with the most batches left among those the step does not hold yet (any canvas
     once the step holds them all), so the canvases run out together and a step holds min(G, K) canvases."""
@@ -159,9 +159,8 @@ def mixed_steps(canvas_batches: list[list[np.ndarray]], accumulation_steps: int)
     while any(left):
         step, used = [], set()
         while len(step) < accumulation_steps and any(left):
-            candidates = [k for k in range(len(left)) if left[k] and k not in used] or \
-                         [k for k in range(len(left)) if left[k]]
-            k = max(candidates, key=lambda k: len(left[k]))
+            with_batches = [k for k in range(len(left)) if left[k]]
+            k = max([k for k in with_batches if k not in used] or with_batches, key=lambda k: len(left[k]))
             step.append(left[k].pop())
             used.add(k)
         steps.append(step)
