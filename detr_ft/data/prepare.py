@@ -38,7 +38,7 @@ class PreparedData:
         return padded_pixel_fraction(self.train.split.image_sizes(), self.canvases, self.train.canvas_of)
 
     def train_sampler(self, global_batch_size: int, seed: int,
-                      accumulation_steps: int = 1) -> CanvasGroupedSampler | None:
+                      accumulation_steps: int) -> CanvasGroupedSampler | None:
         """Batches on one canvas each when there are several; None: the trainer's own random sampler."""
         if self.canvases is None or len(self.canvases) == 1:
             return None
