@@ -65,7 +65,7 @@ bench-canvas: $(VENV)/.installed
 # Fine-tune facebook/detr-resnet-50 on CPPE-5 (needs the hub), with the recommended static shapes.
 train: $(VENV)/.installed
 	$(PY) run_object_detection.py --output_dir $(OUTDIR) --dataset_name cppe-5 \
-		--pad_images --image_size 800 --image_buckets 2 --pad_objects --num_buckets 1 \
+		--pad_images --image_size 800 --image_buckets 3 --pad_objects --num_buckets 1 \
 		--num_train_epochs 100 --ckpt_store_interval_epochs 10 $(ARGS)
 
 # mAP of every complete checkpoint of OUTDIR on the run's eval split (ARGS="--split test", ARGS=--redo):

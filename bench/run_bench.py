@@ -576,7 +576,7 @@ def format_canvas_table(results: dict) -> str:
         lines.append(f"loader: {loader['images_per_s']:.1f} images/s with {loader['workers']} workers (CPPE-5 test "
                      f"split, augmented, at {eager_px} px)")
     goals = results["canvas_goals"]
-    lines += [f"goal {name}: {goal['value'] if isinstance(goal['value'], str) else round(goal['value'], 2)} "
+    lines += [f"goal {name}: {goal['value'] if isinstance(goal['value'], str) else round(goal['value'], 3)} "
               f"({goal['target']}): {'met' if goal['met'] else 'not met'}" for name, goal in goals.items()]
     if results["only"] == "canvas":
         machine = results["machine"]

@@ -10,13 +10,16 @@ An image keeps the scale of the square canvas (long side = image_size, `images.f
 groups; a group's canvas is the smallest box holding all of its boxes (max H, max W: the long side stays image_size).
 The canvases are the partition into at most K groups that minimises the canvas pixels of the training images,
 
-    min  sum_g n_g * H_g * W_g   subject to   n_g >= N / (2K)   (each canvas serves a similar share of images),
+    min  sum_g n_g * H_g * W_g   subject to   n_g >= N / (4K)   (each canvas serves a quarter of an equal share),
 
-solved exactly by dynamic programming over the distinct boxes (a few dozen at 800 px). K = 1 is the
-image_size x image_size square, whatever the data. Every image, train or eval, goes to the smallest-area canvas
-holding its box: for a training image its own group's. An image that no canvas holds at full scale (a portrait
-photo in the evaluation set of a landscape-only training set) goes to the canvas that keeps it largest and is
-shrunk to fit it.
+solved exactly by dynamic programming over the distinct boxes (a few dozen at 800 px). The floor keeps a graph
+from being compiled for a sliver of the data (few batches, of which the dropped last partial one is a large part).
+At a quarter of N / K, an aspect ratio held by one image in ten (CPPE-5's square and portrait photos) still gets a
+canvas of its own at K = 3, instead of the 3:2 photos sharing the square with it (`make bench-canvas`: README,
+Benchmarks). K = 1 is the image_size x image_size square, whatever the data. Every image, train or eval, goes to
+the smallest-area canvas holding its box: for a training image its own group's. An image that no canvas holds at
+full scale (a portrait photo in the evaluation set of a landscape-only training set) goes to the canvas that keeps
+it largest and is shrunk to fit it.
 
 `CanvasGroupedSampler` keeps training batches on one canvas: per epoch it shuffles each canvas's images
 (seed + epoch, like accelerate's seedable sampler), cuts them into global batches, drops each canvas's last partial
@@ -60,13 +63,13 @@ def choose_canvases(sizes: Sequence[tuple[int, int]], image_size: int, count: in
     position = {box: i for i, box in enumerate(boxes)}
     for w, h in sizes:
         box_counts[position[image_box(w, h, image_size)]] += 1
-    min_share = len(sizes) / (2 * count)
+    min_images = len(sizes) / (4 * count)
 
     def group(first: int, last: int) -> tuple[Canvas, float]:
         """Canvas of boxes[first:last] and its pixels over their images; inf when it serves too few images."""
         heights, widths = zip(*boxes[first:last], strict=True)
         canvas, images = (max(heights), max(widths)), int(box_counts[first:last].sum())
-        return canvas, (canvas[0] * canvas[1] * images if images >= min_share else math.inf)
+        return canvas, (canvas[0] * canvas[1] * images if images >= min_images else math.inf)
 
     # best[g][j]: least pixels of boxes[:j] in g groups; cut[g][j]: where its last group starts.
     best = np.full((count + 1, len(boxes) + 1), math.inf)  # (K+1, D+1)
