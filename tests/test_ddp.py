@@ -8,7 +8,8 @@ the one process's batch k split in two, and the two halves hold different number
 count would give other box losses. The class loss is normalised per process by its summed class weights, as in
 facebookresearch/detr; with eos_coefficient 1 that sum is the query count, the same everywhere. The model is a
 "pretrained" tiny DETR with frozen BatchNorm, as fine-tuning uses: trainable BatchNorm would see per-process batch
-statistics (there is no SyncBatchNorm), another computation.
+statistics (there is no SyncBatchNorm), another computation. DDP runs with find_unused_parameters off (our default):
+DETR uses every trainable parameter in every step.
 """
 
 import json
@@ -61,6 +62,9 @@ def test_two_processes_with_batch_b_log_the_losses_of_one_with_batch_2b(tmp_path
     parallel = tmp_path / "parallel"
     result = run_two_processes(run_argv(data_dir, pretrained_dir, parallel, 2, *loss_arguments))
     assert result.returncode == 0, result.stderr[-3000:]
+    # Our default --ddp_find_unused_parameters false reached DDP (it would fail the step if DETR left a trainable
+    # parameter unused); with True, DDP searches the graph every step and warns that it found nothing.
+    assert "find_unused_parameters=True" not in result.stderr
 
     single_losses = logged_losses(single / f"checkpoint-{STEPS}")
     parallel_losses = logged_losses(parallel / f"checkpoint-{STEPS}")

@@ -144,6 +144,9 @@ TRAINING_DEFAULTS = {
     "logging_nan_inf_filter": False,
     # AUTO_WORKERS: `default_dataloader_workers` (the HF default, 0, loads every batch serially with the step).
     "dataloader_num_workers": -1,
+    # DETR uses every trainable parameter in every step. Left unset, both trainers pass True to DDP, which then walks
+    # the autograd graph after every forward looking for unused ones (and warns that it found none).
+    "ddp_find_unused_parameters": False,
 }
 AUTO_WORKERS = -1
 MAX_AUTO_WORKERS = 8
