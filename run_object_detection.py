@@ -7,6 +7,7 @@
 mAP is evaluated at every checkpoint interval (`--ckpt_store_interval_epochs`) into eval_history.json.
 """
 
+import contextlib
 import logging
 import sys
 
@@ -84,7 +85,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     from detr_ft.train.arguments import finalize_training_arguments
     from detr_ft.train.checkpoints import CheckpointCompleteCallback, describe_write_failure, resume_checkpoint
     from detr_ft.train.ddp_buffers import BroadcastBuffersBeforeEvaluation
-    from detr_ft.train.devices import build_trainer, training_arguments
+    from detr_ft.train.devices import build_trainer, compile_each_image_shape_once, training_arguments
     from detr_ft.train.flag_checks import check_batch_fits
     from detr_ft.train.map_history import MapHistoryCallback, read_history
     from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
@@ -159,8 +160,10 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
         run_summary.counters["matcher_steps_redone_on_host"] = lambda: guard.redone_steps
     apply_trainer_patches(trainer)
     gather_image_index_as_labels(trainer)
+    compile_settings = (compile_each_image_shape_once(len(data.canvases))
+                        if training_args.torch_compile and data.canvases else contextlib.nullcontext())
     try:
-        with run_summary.host_sync_audit():  # its torch modes end with training, also when a step raises
+        with run_summary.host_sync_audit(), compile_settings:  # the audit's torch modes end with training, raise or not
             trainer.train(resume_from_checkpoint=resume_checkpoint(training_args),
                           ignore_keys_for_eval=EVAL_IGNORE_KEYS)
         trainer.save_model()

@@ -160,6 +160,72 @@ def test_torch_compile_run_compiles_the_label_free_forward_once(synthetic_dir, t
     assert summary["graph_compilations"]["torch_compile"] == 1
 
 
+class CompiledGraphRuns:
+    """Stands in for dynamo's "eager" backend, which the Trainer looks up by name (`--torch_compile_backend eager`):
+    it hands each graph to the real one and records, per run of a compiled graph with grad enabled (training), the
+    graph's number and the shape of its first 4-d input (the images). `symbolic` holds the graphs compiled for
+    symbolic (dynamic) sizes."""
+
+    def __init__(self, eager_backend) -> None:
+        self.eager_backend = eager_backend
+        self.graphs = 0
+        self.symbolic: list[int] = []
+        self.training_runs: list[tuple[int, tuple[int, ...]]] = []
+
+    def __call__(self, graph_module: torch.fx.GraphModule, example_inputs: list):
+        graph, compiled = self.graphs, self.eager_backend(graph_module, example_inputs)
+        self.graphs += 1
+        if any(isinstance(value, torch.SymInt) for value in example_inputs):
+            self.symbolic.append(graph)
+
+        def run(*args):
+            if torch.is_grad_enabled():
+                images = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4)
+                self.training_runs.append((graph, tuple(images.shape)))
+            return compiled(*args)
+        return run
+
+
+@pytest.fixture
+def compiled_graph_runs(monkeypatch: pytest.MonkeyPatch) -> CompiledGraphRuns:
+    from torch._dynamo.backends import registry
+
+    recorder = CompiledGraphRuns(registry.lookup_backend("eager"))
+    monkeypatch.setitem(registry._COMPILER_FNS, "eager", recorder)  # what lookup_backend("eager") returns
+    torch._dynamo.reset()
+    yield recorder
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow  # an entry run
+def test_torch_compile_runs_the_compiled_forward_at_every_step_but_the_audited_one(synthetic_dir, tmp_path,
+                                                                                    compiled_graph_runs):
+    """The host-sync audit runs step 2 under torch dispatch modes. Met by dynamo at the compiled forward's frame,
+    they made torch 2.13 skip that frame for good (pytorch/pytorch#190286): steps 2-6 ran eager. The audited step
+    now runs eager on purpose (run_summary.py) and every other step runs the graph compiled at step 1."""
+    summary = run_entry(synthetic_dir, tmp_path, "--torch_compile", "--torch_compile_backend", "eager",
+                        "--max_steps", "6")
+
+    assert summary["host_syncs_per_step"] is not None
+    assert [graph for graph, _ in compiled_graph_runs.training_runs] == [0] * 5
+
+
+@pytest.mark.slow  # an entry run
+def test_torch_compile_on_canvases_compiles_one_static_graph_per_canvas(aspect_ratio_dir, tmp_path,
+                                                                         compiled_graph_runs):
+    """With the Trainer's dynamic=None, dynamo made the image sides symbolic at the second canvas: one
+    dynamic-shape graph shared by canvases 2 and 3. Static shapes compile each canvas's own static graph."""
+    summary = run_entry(aspect_ratio_dir, tmp_path, "--image_buckets", "3", "--torch_compile",
+                        "--torch_compile_backend", "eager", "--max_steps", "8")
+
+    shapes_of_graph = {}
+    for graph, shape in compiled_graph_runs.training_runs:
+        shapes_of_graph.setdefault(graph, set()).add(shape)
+    assert len(shapes_of_graph) == len(summary["image_canvases"]) == 3  # every canvas met in 8 steps
+    assert all(len(shapes) == 1 for shapes in shapes_of_graph.values())
+    assert compiled_graph_runs.symbolic == []
+
+
 class GraphCompiler:
     """Stands in for Habana's graph compiler: `compile()` adds a graph to the process-wide `graph_compilation`
     metric, read as habana_frameworks' own tests read it: metric_global(name).stats() -> (name, value) pairs."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import AbstractContextManager
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -78,6 +79,19 @@ def training_arguments(device_type: str, device: DeviceArguments, training: Trai
         # Gaudi's autocast is HPU-only; bf16 elsewhere goes through torch's CPU autocast.
         "half_precision_backend": "hpu_amp" if on_hpu else "cpu_amp",
     })
+
+
+def compile_each_image_shape_once(image_shapes: int) -> AbstractContextManager:
+    """`--torch_compile` on fixed image shapes (the square or K canvases): a static graph per shape.
+
+    The trainers compile with dynamic=None, under which dynamo makes the image sides symbolic at the second shape it
+    meets: canvases 2..K shared a dynamic-shape graph, whose kernels inductor cannot specialise (and on torch 2.13 CPU
+    fails to lower: bench/compile_warmup.py). The forward sees each shape with grad (training) and without (evaluation,
+    BatchNorm in eval mode): 2 graphs per shape, which dynamo's recompile limit (8 by default) must hold. A context:
+    dynamo's settings are the process's.
+    """
+    return torch._dynamo.config.patch(automatic_dynamic_shapes=False,
+                                      recompile_limit=max(torch._dynamo.config.recompile_limit, 2 * image_shapes))
 
 
 class DetrTrainer(LossFromOutputs, Trainer):

@@ -25,6 +25,11 @@ training. Cost: the audited step runs every aten op through two Python modes. On
 (detr-tiny, 64 px, batch 8, forward + loss + backward, median of 15, three runs) it took 59-63 ms against 38-46 ms
 unaudited: about 1.5x, +20 ms, a fixed cost per op, so a bigger model's step pays relatively less. One step per run
 is audited.
+
+With `--torch_compile` the audited step runs eager (`torch.compiler.set_stance("force_eager")` for its length), and
+the count is that of the eager step. Without the stance, dynamo meets the audit's dispatch mode at the compiled
+forward's frame, declines to compile it, and records that refusal on the code object for good: every later step ran
+eager (pytorch/pytorch#190286, torch 2.13 and earlier; the fix, #190287, makes such skips transient).
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from detr_ft.run_files import write_json_atomic
@@ -114,6 +120,7 @@ class RunSummaryCallback(TrainerCallback):
                                 padded_pixel_fraction=round(padded_pixel_fraction, 4))
         self.compilations_before: dict[str, int] = {}
         self.counter: HostSyncCounter | None = None
+        self.eager_stance: AbstractContextManager | None = None  # the audited step's, under --torch_compile
         self.auditing = False
         self.step_times: list[float] = []
         self.last_step_end: float | None = None
@@ -138,9 +145,15 @@ class RunSummaryCallback(TrainerCallback):
         if self.counter is not None:
             self.counter.__exit__(None, None, None)
             self.counter = None
+        if self.eager_stance is not None:
+            self.eager_stance.__exit__(None, None, None)
+            self.eager_stance = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.auditing and self.counter is None and state.global_step == self.start_step + AUDITED_STEP:
+            if args.torch_compile:  # else the compiled forward would run eager from here on: module docstring
+                self.eager_stance = torch.compiler.set_stance("force_eager")
+                self.eager_stance.__enter__()
             self.counter = HostSyncCounter(args.device).__enter__()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
