@@ -86,9 +86,9 @@ def compile_each_image_shape_once(image_shapes: int) -> AbstractContextManager:
 
     The trainers compile with dynamic=None, under which dynamo makes the image sides symbolic at the second shape it
     meets: canvases 2..K shared a dynamic-shape graph, whose kernels inductor cannot specialise (and on torch 2.13 CPU
-    fails to lower: bench/compile_warmup.py). The forward sees each shape with grad (training) and without (evaluation,
-    BatchNorm in eval mode): 2 graphs per shape, which dynamo's recompile limit (8 by default) must hold. A context:
-    dynamo's settings are the process's.
+    fails to lower: bench/compile_warmup.py). Dynamo's recompile limit (8 by default) must hold a graph per shape, and
+    another per shape wherever evaluation runs the compiled forward too (no grad, BatchNorm in eval mode; transformers'
+    evaluation during training runs the uncompiled model). A context: dynamo's settings are the process's.
     """
     return torch._dynamo.config.patch(automatic_dynamic_shapes=False,
                                       recompile_limit=max(torch._dynamo.config.recompile_limit, 2 * image_shapes))
