@@ -29,7 +29,9 @@ is audited.
 With `--torch_compile` the audited step runs eager (`torch.compiler.set_stance("force_eager")` for its length), and
 the count is that of the eager step. Without the stance, dynamo meets the audit's dispatch mode at the compiled
 forward's frame, declines to compile it, and records that refusal on the code object for good: every later step ran
-eager (pytorch/pytorch#190286, torch 2.13 and earlier; the fix, #190287, makes such skips transient).
+eager (pytorch/pytorch#190286, seen with torch 2.13.0; the fix, #190287, makes such skips transient). The stance
+can go once the project's torch has that fix: tests/test_devices.py keeps checking that every unaudited step runs the
+compiled graph.
 """
 
 from __future__ import annotations
