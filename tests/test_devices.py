@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -187,7 +188,7 @@ class CompiledGraphRuns:
 
 
 @pytest.fixture
-def compiled_graph_runs(monkeypatch: pytest.MonkeyPatch) -> CompiledGraphRuns:
+def compiled_graph_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[CompiledGraphRuns]:
     from torch._dynamo.backends import registry
 
     recorder = CompiledGraphRuns(registry.lookup_backend("eager"))
