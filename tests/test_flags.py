@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from entry_runs import REPO, entry_argv, run_in_process
 
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
@@ -47,6 +48,7 @@ def data_dir(tiny_coco):
     (["--image_buckets", "0"], "--image_buckets 0: must be >= 1"),
     (["--pad_images", "false", "--image_buckets", "2"], "--image_buckets 2: needs --pad_images"),
     (["--dataloader_num_workers", "-2"], "--dataloader_num_workers -2: must be >= 0"),
+    (["--optim", "adamw_bnb_8bit"], "--optim adamw_bnb_8bit: You need to install `bitsandbytes`"),
 ])
 def test_bad_flags_are_refused_before_anything_is_read_or_written(data_dir, tmp_path, no_model, caplog, flags, named):
     output_dir = tmp_path / "run"
@@ -106,6 +108,29 @@ def test_backbone_lr_zero_is_kept_and_what_trains_is_logged(data_dir, tmp_path, 
     assert groups["backbone stage 0"].endswith("lr 0")  # not replaced by the learning rate or 1e-5
     assert groups["heads"].endswith("lr 0.001")
     assert "frozen           0" in groups["backbone BatchNorm"]  # a preset trains its BatchNorm
+
+
+@pytest.mark.parametrize(("flags", "optimizer_class", "settings"), [
+    ([], torch.optim.AdamW, {"fused": True, "betas": (0.9, 0.999)}),  # transformers' default, adamw_torch_fused
+    (["--optim", "adamw_torch", "--adam_beta2", "0.98"], torch.optim.AdamW, {"fused": None, "betas": (0.9, 0.98)}),
+    (["--optim", "sgd"], torch.optim.SGD, {"momentum": 0}),
+])
+def test_the_optimizer_is_the_one_optim_names_over_the_project_s_groups(data_dir, tmp_path, monkeypatch, flags,
+                                                                         optimizer_class, settings):
+    built = {}
+
+    def build_trainer(*args, **kwargs):
+        built["optimizer"] = kwargs["optimizers"][0]
+        raise StopBeforeTraining
+
+    monkeypatch.setattr("detr_ft.train.devices.build_trainer", build_trainer)
+    with pytest.raises(StopBeforeTraining):
+        run_in_process(entry_argv(data_dir, tmp_path, "--backbone_lr", "2e-5", *flags))
+
+    optimizer = built["optimizer"]
+    assert type(optimizer) is optimizer_class
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 2e-5]  # the rest, the backbone
+    assert all(group[key] == value for group in optimizer.param_groups for key, value in settings.items())
 
 
 @pytest.mark.parametrize(("flags", "compiler"), [

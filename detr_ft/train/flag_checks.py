@@ -2,7 +2,8 @@
 valid value, all refusals in one message.
 
     check_flags           values out of range; flags the project sets itself, when the user set them otherwise;
-                          a --model_name_or_path that cannot load (offline: at once, not after the hub's retries)
+                          an --optim transformers cannot build here; a --model_name_or_path that cannot load
+                          (offline: at once, not after the hub's retries)
     static_shape_defaults on a graph-compiling device: image padding on unless turned off, the cost of what is off
     check_batch_fits      the batch against the training set (once the data is read, still before the model)
 
@@ -25,6 +26,7 @@ from detr_ft.train.arguments import (
     StaticShapeArguments,
     steps_per_epoch,
 )
+from detr_ft.train.optimizer import library_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,10 @@ def check_flags(model: ModelArguments, data: DataArguments, shapes: StaticShapeA
                             "--ckpt_store_interval_epochs epochs: drop the flag and set --ckpt_store_interval_epochs N")
     if "use_cpu" in user_set and training.use_cpu and device.device != "cpu":
         problems.append("--use_cpu: the device follows --device: use --device cpu instead")
+    try:  # the library's part only: HPU lazy/eager mode is fixed when habana_frameworks is first imported
+        library_optimizer(training)
+    except (ValueError, ImportError) as error:
+        problems.append(f"--optim {getattr(training.optim, 'value', training.optim)}: {error}")
     problems += model_source_problems(model.model_name_or_path, model.model_revision)
     if problems:
         raise FlagError("refused flags:\n  " + "\n  ".join(problems))

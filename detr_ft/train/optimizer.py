@@ -1,19 +1,35 @@
-"""The optimizer: AdamW (Habana's fused AdamW on HPU) over two parameter groups, backbone and the rest."""
+"""The optimizer `--optim` names (transformers' default: torch's fused AdamW; Habana's fused AdamW on HPU) over two
+parameter groups, backbone and the rest."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
+
+# --optim values that are AdamW: Habana's fused AdamW on HPU, as GaudiTrainer builds it with use_fused_adam.
+ADAMW_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
 
 
-def adamw_class(args: TrainingArguments) -> type[torch.optim.Optimizer]:
-    """Habana's fused AdamW on HPU (GaudiConfig.use_fused_adam only reaches optimizers the trainer builds)."""
-    if getattr(args, "use_habana", False):
+def library_optimizer(args: TrainingArguments) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The optimizer class `--optim` names and its keyword arguments as the trainer would build it (transformers'
+    `Trainer.get_optimizer_cls_and_kwargs`: betas, eps, fused, --optim_args), less the learning rate, which each
+    parameter group sets. Raises ValueError or ImportError where transformers cannot build it (a package missing)."""
+    optimizer_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    kwargs.pop("lr", None)
+    return optimizer_class, kwargs
+
+
+def optimizer_class_and_kwargs(args: TrainingArguments) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """`library_optimizer`, but Habana's fused AdamW for AdamW on HPU (GaudiConfig.use_fused_adam only reaches
+    optimizers the trainer builds, and torch's fused AdamW has no HPU kernel)."""
+    if getattr(args, "use_habana", False) and args.optim in ADAMW_OPTIMIZERS:
         from habana_frameworks.torch.hpex.optimizers import FusedAdamW
 
-        return FusedAdamW
-    return torch.optim.AdamW
+        return FusedAdamW, {"betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
+    return library_optimizer(args)
 
 
 def optimizer_param_groups(model: nn.Module, learning_rate: float, backbone_lr: float,
@@ -30,10 +46,11 @@ def optimizer_param_groups(model: nn.Module, learning_rate: float, backbone_lr: 
 
 
 def build_optimizer(model: nn.Module, learning_rate: float, backbone_lr: float, weight_decay: float,
-                    optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW) -> torch.optim.Optimizer:
+                    optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                    optimizer_kwargs: dict[str, Any] | None = None) -> torch.optim.Optimizer:
     """Build it after the model is on its device: moving to HPU may replace the parameter objects."""
     groups = [g for g in optimizer_param_groups(model, learning_rate, backbone_lr, weight_decay) if g["params"]]
-    return optimizer_class(groups, lr=learning_rate, weight_decay=weight_decay)
+    return optimizer_class(groups, lr=learning_rate, **(optimizer_kwargs or {}))
 
 
 def parameter_group_name(name: str) -> str:
