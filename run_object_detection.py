@@ -18,7 +18,7 @@ from detr_ft.train.flag_checks import FlagError, check_flags, static_shape_defau
 
 # TrainingArguments a run's checkpoints depend on, saved into run_args.json beside our own flags.
 RUN_TRAINING_ARGUMENTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                          "learning_rate", "weight_decay")
+                          "learning_rate", "weight_decay", "optim")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     from detr_ft.train.run_folder import RunFolderError, check_same_run, lock_run_folder
 
     data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
+    training_values = training_args.to_dict()  # enums (--optim) as their values
     run_arguments = flat_run_arguments(
         model_args, data_args, shape_args, device_args,
-        **{name: getattr(training_args, name) for name in RUN_TRAINING_ARGUMENTS},
+        **{name: training_values[name] for name in RUN_TRAINING_ARGUMENTS},
         from_scratch=trained_from_scratch(model_args.model_name_or_path),
     )
     try:  # before anything is written into the folder

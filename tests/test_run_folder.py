@@ -32,11 +32,12 @@ def earlier_run(tmp_path, reference_run):
 @pytest.mark.slow
 def test_rerun_with_other_flags_is_refused_before_anything_is_written(earlier_run, data_dir, caplog):
     run_args = (earlier_run / RUN_ARGUMENTS_FILE).read_bytes()
-    argv = entry_argv(data_dir, earlier_run, "--image_size", "64", "--learning_rate", "5e-4")
+    argv = entry_argv(data_dir, earlier_run, "--image_size", "64", "--learning_rate", "5e-4", "--optim", "sgd")
 
     assert run_in_process(argv) == 2
 
     assert "--image_size 32 -> 64" in caplog.text and "--learning_rate 0.001 -> 0.0005" in caplog.text
+    assert "--optim adamw_torch_fused -> sgd" in caplog.text  # the checkpoint's optimizer state is AdamW's
     assert "--overwrite_output_dir" in caplog.text
     assert (earlier_run / RUN_ARGUMENTS_FILE).read_bytes() == run_args
 
@@ -69,6 +70,8 @@ def test_only_run_defining_flags_are_compared():
     assert differing_flags(saved, {**saved, "dataset_name": "other"}) == []  # unused beside --dataset_dir
     assert differing_flags(saved, {**saved, "image_size": 64, "dataset_dir": "b"}) == ["dataset_dir", "image_size"]
     assert differing_flags({"image_size": 32}, {"image_size": 32, "learning_rate": 1.0}) == []  # older run_args
+    assert differing_flags({"image_buckets": 1, "optim": "adamw_torch_fused"},
+                           {"image_buckets": 3, "optim": "sgd"}) == ["image_buckets", "optim"]
 
 
 HOLD_LOCK = (

@@ -32,9 +32,9 @@ LOCK_FILE = ".run.lock"
 # What a checkpoint of the run holds or assumes: resuming with another value would mix two runs in one folder.
 RUN_DEFINING_FLAGS = (
     "dataset_dir", "dataset_name", "train_split", "eval_split", "train_val_split", "train_val_seed",
-    "image_size", "pad_images", "pad_objects", "num_buckets",
+    "image_size", "pad_images", "image_buckets", "pad_objects", "num_buckets",
     "model_name_or_path", "model_revision", "freeze_backbone", "backbone_lr",
-    "learning_rate", "weight_decay", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "weight_decay", "optim", "per_device_train_batch_size", "gradient_accumulation_steps",
 )
 
 
