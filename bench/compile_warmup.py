@@ -35,7 +35,7 @@ import torch._dynamo
 from torch._dynamo.backends.registry import lookup_backend
 from torch._dynamo.utils import counters
 
-from bench.workload import Workload, build_model, make_batches, make_samples, train_step
+from bench.workload import Workload, build_model, default_optimizer, make_batches, make_samples, train_step
 
 
 class CountingBackend:
@@ -61,7 +61,7 @@ def compile_warmup(workload: Workload, path: str, backend: str, max_shapes: int)
     for batch in make_batches(workload, path, make_samples(workload)):
         first_of_shape.setdefault(tuple(batch["pixel_values"].shape), batch)
     batches = list(first_of_shape.values())[:max_shapes]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = default_optimizer(model)
     counting_backend = CountingBackend(backend)
     model.model.compile(backend=counting_backend, dynamic=False)
     start = time.perf_counter()

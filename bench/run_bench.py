@@ -56,6 +56,7 @@ from bench.workload import (
     PATHS,
     Workload,
     build_model,
+    default_optimizer,
     make_batches,
     make_samples,
     train_step,
@@ -147,7 +148,7 @@ def eager_epoch(workload: Workload, every: int, chunks: int, paths: tuple[str, .
     runs = {}
     for path in paths:
         model = build_model(workload, path)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = default_optimizer(model)
         batches = make_batches(workload, path, samples)
         for batch in {tuple(b["pixel_values"].shape): b for b in batches[::every]}.values():
             train_step(model, optimizer, batch)  # first-use costs of each timed shape (allocator, oneDNN primitives)

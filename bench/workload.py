@@ -141,6 +141,12 @@ def make_batches(workload: Workload, path: str, samples: list[dict[str, torch.Te
     return [collator([samples[i] for i in order[start:start + size]]) for start in range(0, len(order), size)]
 
 
+def default_optimizer(model: DetrForObjectDetection) -> torch.optim.Optimizer:
+    """AdamW as both trainers build it by default: torch's fused kernel (transformers' default `--optim
+    adamw_torch_fused`, which detr-ft's optimizer follows too)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+
 def train_step(model: DetrForObjectDetection, optimizer: torch.optim.Optimizer, batch: dict) -> None:
     """Forward, loss, backward and the optimizer step."""
     model(**batch).loss.backward()
