@@ -4,12 +4,14 @@ and the lock of a killed process is taken again."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import weakref
 
 import pytest
 from entry_runs import REPO, entry_argv, run_in_process
@@ -137,6 +139,17 @@ def test_lock_of_a_killed_run_is_free_while_its_forked_workers_live_on(tmp_path)
         lock_run_folder(output_dir).close()
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_closed_lock_is_not_kept_alive_for_forked_children(tmp_path):
+    """Each lock once registered its own at-fork handler, which held the file object for the process's life."""
+    lock = lock_run_folder(tmp_path / "run")
+    lock.close()
+    closed = weakref.ref(lock)
+    del lock
+    gc.collect()
+
+    assert closed() is None
 
 
 def test_only_rank_zero_locks(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import shutil
+import weakref
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +29,10 @@ from detr_ft.train.checkpoints import all_checkpoints
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".run.lock"
+# The locks this process holds, closed in every forked child by one handler, registered once: a handler per lock
+# would pile up (at-fork handlers cannot be removed) and keep every closed lock file alive.
+HELD_LOCKS: weakref.WeakSet[IO] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [handle.close() for handle in list(HELD_LOCKS)])
 
 # What a checkpoint of the run holds or assumes: resuming with another value would mix two runs in one folder.
 RUN_DEFINING_FLAGS = (
@@ -60,7 +65,7 @@ def lock_run_folder(output_dir: str | Path) -> IO | None:
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
-    os.register_at_fork(after_in_child=handle.close)
+    HELD_LOCKS.add(handle)
     return handle
 
 
