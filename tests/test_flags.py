@@ -8,14 +8,17 @@ import logging
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
 from entry_runs import REPO, entry_argv, run_in_process
+from transformers import TrainingArguments
 
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
 from detr_ft.train.arguments import parse_arguments, user_set_flags
 from detr_ft.train.flag_checks import FlagError, check_flags, static_shape_defaults
+from detr_ft.train.optimizer import optimizer_class_and_kwargs
 
 
 class ModelBuilt(AssertionError):
@@ -131,6 +134,28 @@ def test_the_optimizer_is_the_one_optim_names_over_the_project_s_groups(data_dir
     assert type(optimizer) is optimizer_class
     assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 2e-5]  # the rest, the backbone
     assert all(group[key] == value for group in optimizer.param_groups for key, value in settings.items())
+
+
+class HabanaFusedAdamW(torch.optim.AdamW):
+    """Stands in for habana_frameworks' FusedAdamW (not on PyPI), which takes torch AdamW's arguments."""
+
+
+@pytest.mark.parametrize(("optim", "optimizer_class"), [
+    ("adamw_torch_fused", HabanaFusedAdamW), ("adamw_torch", HabanaFusedAdamW), ("sgd", torch.optim.SGD),
+])
+def test_adamw_on_hpu_is_habana_s_fused_adamw_with_the_given_betas(monkeypatch, optim, optimizer_class):
+    args = TrainingArguments("unused", optim=optim, adam_beta2=0.98, adam_epsilon=1e-6)
+    args.use_habana = True  # GaudiTrainingArguments' flag: building one with it on needs an HPU
+    for name in ("habana_frameworks", "habana_frameworks.torch", "habana_frameworks.torch.hpex",
+                 "habana_frameworks.torch.hpex.optimizers"):  # after the arguments: accelerate looks for an HPU
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["habana_frameworks.torch.hpex.optimizers"].FusedAdamW = HabanaFusedAdamW
+
+    chosen, kwargs = optimizer_class_and_kwargs(args)
+
+    assert chosen is optimizer_class
+    if chosen is HabanaFusedAdamW:
+        assert kwargs == {"betas": (0.9, 0.98), "eps": 1e-6}
 
 
 @pytest.mark.parametrize(("flags", "compiler"), [
