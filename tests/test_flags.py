@@ -52,6 +52,7 @@ def data_dir(tiny_coco):
     (["--pad_images", "false", "--image_buckets", "2"], "--image_buckets 2: needs --pad_images"),
     (["--dataloader_num_workers", "-2"], "--dataloader_num_workers -2: must be >= 0"),
     (["--optim", "adamw_bnb_8bit"], "--optim adamw_bnb_8bit: You need to install `bitsandbytes`"),
+    (["--label_smoothing_factor", "0.1"], "--label_smoothing_factor 0.1: does not apply to DETR"),
 ])
 def test_bad_flags_are_refused_before_anything_is_read_or_written(data_dir, tmp_path, no_model, caplog, flags, named):
     output_dir = tmp_path / "run"

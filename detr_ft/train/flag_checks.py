@@ -2,6 +2,7 @@
 valid value, all refusals in one message.
 
     check_flags           values out of range; flags the project sets itself, when the user set them otherwise;
+                          Trainer flags that do not apply to DETR (label smoothing);
                           an --optim transformers cannot build here; a --model_name_or_path that cannot load
                           (offline: at once, not after the hub's retries)
     static_shape_defaults on a graph-compiling device: image padding on unless turned off, the cost of what is off
@@ -40,6 +41,12 @@ PROJECT_SETS = {
     "dataloader_drop_last": (True, "the last partial batch is dropped to keep batch shapes constant"),
     "batch_eval_metrics": (True, "mAP is computed batch by batch"),
     "remove_unused_columns": (False, "the collator needs every column"),
+}
+# Trainer flags that do not apply to DETR, their inert value and why: any other value is refused (the stock Trainer
+# crashes on them with DETR's labels; ours would skip them without a word).
+NOT_FOR_DETR = {
+    "label_smoothing_factor": (0.0, "DETR's class loss down-weights the no-object class instead (the model config's "
+                                    "eos_coefficient)"),
 }
 # Flags derived from --ckpt_store_interval_epochs: any user value is refused.
 DERIVED_FROM_INTERVAL = ("save_steps", "eval_steps")
@@ -85,6 +92,9 @@ def check_flags(model: ModelArguments, data: DataArguments, shapes: StaticShapeA
         if name in user_set and given != value:
             problems.append(f"--{name} {getattr(given, 'value', given)}: the project sets {value} ({why}): drop the "
                             "flag")
+    for name, (inert, why) in NOT_FOR_DETR.items():
+        if getattr(training, name) != inert:
+            problems.append(f"--{name} {getattr(training, name)}: does not apply to DETR ({why}): drop the flag")
     for name in DERIVED_FROM_INTERVAL:
         if name in user_set:
             problems.append(f"--{name}: checkpoints and mAP evaluations go together, every "
