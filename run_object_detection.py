@@ -90,7 +90,12 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     from detr_ft.train.flag_checks import check_batch_fits
     from detr_ft.train.map_history import MapHistoryCallback, read_history
     from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
-    from detr_ft.train.optimizer import build_optimizer, describe_training, optimizer_class_and_kwargs
+    from detr_ft.train.optimizer import (
+        build_optimizer,
+        describe_optimizer,
+        describe_training,
+        optimizer_class_and_kwargs,
+    )
     from detr_ft.train.run_summary import RunSummaryCallback, precision_name
     from patches import apply_patches, apply_trainer_patches
 
@@ -134,9 +139,12 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     backbone_lr = model_args.backbone_lr
     if backbone_lr is None:
         backbone_lr = training_args.learning_rate if from_scratch else 1e-5
+    optimizer_class, optimizer_kwargs = optimizer_class_and_kwargs(training_args)
     optimizer = build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay,
-                                *optimizer_class_and_kwargs(training_args))
-    logging.getLogger("detr_ft").info("what trains:\n  %s", "\n  ".join(describe_training(model, optimizer)))
+                                optimizer_class, optimizer_kwargs)
+    logging.getLogger("detr_ft").info("what trains, stepped by %s:\n  %s",
+                                      describe_optimizer(optimizer_class, optimizer_kwargs),
+                                      "\n  ".join(describe_training(model, optimizer)))
     eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
     run_summary = RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
                                      precision_name(training_args), data.canvases, data.padded_pixel_fraction)

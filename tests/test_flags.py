@@ -119,8 +119,8 @@ def test_backbone_lr_zero_is_kept_and_what_trains_is_logged(data_dir, tmp_path, 
     (["--optim", "adamw_torch", "--adam_beta2", "0.98"], torch.optim.AdamW, {"fused": None, "betas": (0.9, 0.98)}),
     (["--optim", "sgd"], torch.optim.SGD, {"momentum": 0}),
 ])
-def test_the_optimizer_is_the_one_optim_names_over_the_project_s_groups(data_dir, tmp_path, monkeypatch, flags,
-                                                                         optimizer_class, settings):
+def test_the_optimizer_is_the_one_optim_names_over_the_project_s_groups(data_dir, tmp_path, monkeypatch, caplog,
+                                                                         flags, optimizer_class, settings):
     built = {}
 
     def build_trainer(*args, **kwargs):
@@ -128,11 +128,12 @@ def test_the_optimizer_is_the_one_optim_names_over_the_project_s_groups(data_dir
         raise StopBeforeTraining
 
     monkeypatch.setattr("detr_ft.train.devices.build_trainer", build_trainer)
-    with pytest.raises(StopBeforeTraining):
+    with caplog.at_level(logging.INFO), pytest.raises(StopBeforeTraining):
         run_in_process(entry_argv(data_dir, tmp_path, "--backbone_lr", "2e-5", *flags))
 
     optimizer = built["optimizer"]
     assert type(optimizer) is optimizer_class
+    assert f"what trains, stepped by {optimizer_class.__name__}(" in caplog.text
     assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 2e-5]  # the rest, the backbone
     assert all(group[key] == value for group in optimizer.param_groups for key, value in settings.items())
 

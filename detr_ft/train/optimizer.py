@@ -32,6 +32,11 @@ def optimizer_class_and_kwargs(args: TrainingArguments) -> tuple[type[torch.opti
     return library_optimizer(args)
 
 
+def describe_optimizer(optimizer_class: type[torch.optim.Optimizer], kwargs: dict[str, Any]) -> str:
+    """`AdamW(betas=(0.9, 0.999), eps=1e-08, fused=True)`: the class and the arguments `--optim` gave it."""
+    return f"{optimizer_class.__name__}({', '.join(f'{key}={value!r}' for key, value in kwargs.items())})"
+
+
 def optimizer_param_groups(model: nn.Module, learning_rate: float, backbone_lr: float,
                            weight_decay: float) -> list[dict]:
     """Trainable parameters in two groups: the backbone at `backbone_lr`, the rest at `learning_rate`."""
