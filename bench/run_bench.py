@@ -140,33 +140,54 @@ def padded_pixel_fraction(batches: list[dict]) -> float:
     return 1.0 - sum(int(b["pixel_mask"].sum()) for b in batches) / sum(b["pixel_mask"].numel() for b in batches)
 
 
-def eager_epoch(workload: Workload, every: int, chunks: int, paths: tuple[str, ...] = CANVAS_PATHS) -> dict[str, dict]:
+def to_device(batch: dict, device: str) -> dict:
+    """`batch` with its tensors (the stock labels' per-image dicts' too) on `device`."""
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, list):
+            return [move(item) for item in value]
+        return {key: move(item) for key, item in value.items()} if isinstance(value, dict) else value
+    return move(batch)
+
+
+def wait_for(device: str) -> None:
+    """Until the work queued on `device` has run (nothing to wait for on the CPU)."""
+    if device != "cpu":
+        torch.accelerator.synchronize()
+
+
+def eager_epoch(workload: Workload, every: int, chunks: int, paths: tuple[str, ...] = CANVAS_PATHS,
+                device: str = "cpu") -> dict[str, dict]:
     """Each path's epoch without compilation: padded-pixel fraction and distinct image shapes of all its batches;
     images/s and steps/s of every `every`-th batch, after a warm-up step on each shape among them, in `chunks`
-    turns with the paths alternating."""
+    turns with the paths alternating. On an accelerator the timed batches are on it beforehand (as a prefetching
+    loader leaves them) and each turn's clock stops when its queued work has run."""
     samples = make_samples(workload)
     runs = {}
     for path in paths:
-        model = build_model(workload, path)
+        model = build_model(workload, path).to(device)
         optimizer = default_optimizer(model)
         batches = make_batches(workload, path, samples)
-        for batch in {tuple(b["pixel_values"].shape): b for b in batches[::every]}.values():
-            train_step(model, optimizer, batch)  # first-use costs of each timed shape (allocator, oneDNN primitives)
-        runs[path] = (model, optimizer, batches)
+        timed = [to_device(batch, device) for batch in batches[::every]]
+        for batch in {tuple(b["pixel_values"].shape): b for b in timed}.values():
+            train_step(model, optimizer, batch)  # first-use costs of each timed shape (allocator, kernels)
+        runs[path] = (model, optimizer, batches, timed)
     seconds = dict.fromkeys(paths, 0.0)
-    timed = {path: batches[::every] for path, (_, _, batches) in runs.items()}
     for turn in range(chunks):
-        for path, (model, optimizer, _) in runs.items():
+        for path, (model, optimizer, _, timed) in runs.items():
+            wait_for(device)
             start = time.perf_counter()
-            for batch in timed[path][turn::chunks]:
+            for batch in timed[turn::chunks]:
                 train_step(model, optimizer, batch)
+            wait_for(device)
             seconds[path] += time.perf_counter() - start
-    return {path: {"steps": len(batches), "timed_steps": len(timed[path]),
-                   "images_per_s": len(timed[path]) * workload.batch_size / seconds[path],
-                   "steps_per_s": len(timed[path]) / seconds[path],
+    return {path: {"steps": len(batches), "timed_steps": len(timed),
+                   "images_per_s": len(timed) * workload.batch_size / seconds[path],
+                   "steps_per_s": len(timed) / seconds[path],
                    "padded_pixel_fraction": padded_pixel_fraction(batches),
                    "image_shapes": len({tuple(b["pixel_values"].shape[2:]) for b in batches})}
-            for path, (_, _, batches) in runs.items()}
+            for path, (_, _, batches, timed) in runs.items()}
 
 
 def loader_images_per_s(workload: Workload, epochs: int) -> dict | None:

@@ -2,7 +2,7 @@
 
 Model: DETR-R50's transformer (6 encoder + 6 decoder layers, d_model 256, 8 heads, FFN 2048, 100 queries, auxiliary
 losses, 5 classes as CPPE-5) on a small random HF ResNet (3 stages, stride 16) instead of ResNet-50, so that a 2-core
-CPU runs it. Same seed, same weights on both paths.
+CPU runs it (`resnet50=True` builds ResNet-50 itself, for an accelerator). Same seed, same weights on both paths.
 
 Data, built in memory as `DetectionDataset` yields it: noise images of CPPE-5's real shapes (the 29 (width, height)
 of its test split, CPPE5_TEST_SIZES, repeated and shuffled over the epoch; 22 of them 16:9 or 3:2 landscapes)
@@ -65,14 +65,18 @@ class Workload:
     attention_heads: int = 8
     num_queries: int = 100
     backbone_width: int = 32
+    resnet50: bool = False  # ResNet-50 (as DETR-R50) instead of the small ResNet of backbone_width: for accelerators
     seed: int = 0
 
 
 def detr_config(workload: Workload) -> DetrConfig:
     width = workload.backbone_width
-    backbone = ResNetConfig(
-        embedding_size=width, hidden_sizes=[width, 2 * width, 4 * width], depths=[1, 1, 1], out_features=["stage3"]
-    )
+    if workload.resnet50:
+        backbone = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
+                                layer_type="bottleneck", out_features=["stage4"])
+    else:
+        backbone = ResNetConfig(embedding_size=width, hidden_sizes=[width, 2 * width, 4 * width], depths=[1, 1, 1],
+                                out_features=["stage3"])
     return DetrConfig(
         use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=workload.d_model,
         encoder_layers=workload.encoder_layers, decoder_layers=workload.decoder_layers,
