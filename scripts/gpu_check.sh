@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CUDA acceptance check, for a GPU machine that has python3 with torch (CUDA) but no internet and no project venv.
 #
-#   scripts/gpu_check.sh          # on the GPU machine, from anywhere; steps 1-4 and 6 took 8 minutes on one H200
+#   scripts/gpu_check.sh          # on the GPU machine, from anywhere; steps 1-4 and 6: about 8 minutes on one H200
 #   scripts/gpu_check.sh --tiny   # CPU smoke test of the same steps with a tiny model (no GPU needed)
 #   CHECKS="1 6" scripts/gpu_check.sh   # only these steps (default: all six)
 #
