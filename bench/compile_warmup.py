@@ -16,6 +16,12 @@ shape almost every batch; compiling each costs ~1 min with inductor here), the r
 epoch shapes / compiled shapes, and says so.
 Each path runs in its own Python process with an empty inductor cache directory, so neither reuses what the other
 (or an earlier run) compiled.
+
+`regional=True` compiles `model.model` as accelerate's `compile_regions` does, which is what the Trainer's
+`--torch_compile` does with `ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=1`: each layer of a list of like layers (the 6
+encoder layers, the 6 decoder layers, the backbone's stages) is compiled on its own, and dynamo reuses the first
+layer's graph for the others (same code, same guards), so a shape costs one encoder layer's compilation instead of
+six. Every other part is compiled on its own too: more graphs, each smaller.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import torch
 import torch._dynamo
+from accelerate.utils import compile_regions
 from torch._dynamo.backends.registry import lookup_backend
 from torch._dynamo.utils import counters
 
@@ -50,9 +57,10 @@ class CountingBackend:
         return self.compile_graph(graph_module, example_inputs)
 
 
-def compile_warmup(workload: Workload, path: str, backend: str, max_shapes: int) -> dict:
-    """One training step with `model.model` compiled on each of the epoch's first `max_shapes` distinct image shapes,
-    in this process: compilations, graph breaks, wall time, shapes compiled and shapes in the epoch."""
+def compile_warmup(workload: Workload, path: str, backend: str, max_shapes: int, regional: bool = False) -> dict:
+    """One training step with `model.model` compiled (whole, or by regions) on each of the epoch's first `max_shapes`
+    distinct image shapes, in this process: compilations, graph breaks, wall time, shapes compiled and shapes in the
+    epoch."""
     torch._dynamo.reset()
     counters.clear()
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, max_shapes)
@@ -63,7 +71,10 @@ def compile_warmup(workload: Workload, path: str, backend: str, max_shapes: int)
     batches = list(first_of_shape.values())[:max_shapes]
     optimizer = default_optimizer(model)
     counting_backend = CountingBackend(backend)
-    model.model.compile(backend=counting_backend, dynamic=False)
+    if regional:
+        model.model = compile_regions(model.model, backend=counting_backend, dynamic=False)
+    else:
+        model.model.compile(backend=counting_backend, dynamic=False)
     start = time.perf_counter()
     for batch in batches:
         train_step(model, optimizer, batch)
@@ -77,12 +88,13 @@ def compile_warmup(workload: Workload, path: str, backend: str, max_shapes: int)
     }
 
 
-def compile_warmup_isolated(workload: Workload, path: str, backend: str, max_shapes: int) -> dict:
+def compile_warmup_isolated(workload: Workload, path: str, backend: str, max_shapes: int,
+                            regional: bool = False) -> dict:
     """`compile_warmup` in a new Python process whose inductor cache directory is new and empty."""
     with tempfile.TemporaryDirectory(prefix="bench_inductor_") as cache_dir:
         result_file = Path(cache_dir) / "result.json"
         request = json.dumps({"workload": asdict(workload), "path": path, "backend": backend,
-                              "max_shapes": max_shapes})
+                              "max_shapes": max_shapes, "regional": regional})
         finished = subprocess.run(
             [sys.executable, "-m", "bench.compile_warmup", request, str(result_file)], capture_output=True, text=True,
             env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}, cwd=Path(__file__).parent.parent,

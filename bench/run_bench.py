@@ -11,6 +11,8 @@ Measures (medians of interleaved repeats where timed):
 - eager_steps_per_s: training steps (forward, loss, backward, AdamW) per second without compilation, over the epoch;
 - canvas_paths: per path (stock, square = ours, k2, k3 = --image_buckets 2 / 3) the padded-pixel fraction of the
   epoch's batches, eager images/s, graphs and compile warm-up over the epoch, and their ratios to the square and stock;
+- regional_compile: graphs and compile warm-up of stock and K = 3 with `model.model` compiled by regions (accelerate's
+  `compile_regions`, as `ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=1` has the Trainer do), against the whole compile;
 - loader: images/s of the real data path (`DetectionDataset` with augmentation on CPPE-5's test split at the bench's
   image size, the collator, a DataLoader with the default workers of `--dataloader_num_workers`) next to the step's;
 - matcher_ms_per_step: transformers' HungarianMatcher once per decoder layer (as its loss calls it) against our
@@ -110,6 +112,7 @@ QUICK = BenchSizes(
     compile_stock_shapes=2, loader_epochs=1, map_images=200, matcher_shape=(2, 2, 20, 8),
 )
 MAX_CANVAS_SHAPES = 8  # our paths compile every shape of the epoch: at most 3 canvases
+REGIONAL_PATHS = ("stock", "k3")  # compiled by regions too: stock and the recommended K
 
 
 def syncs_per_step(workload: Workload, steps: int) -> dict[str, dict]:
@@ -397,11 +400,12 @@ def judge_goals(results: dict) -> dict[str, dict]:
     }
 
 
-def compile_over_epoch(workload: Workload, path: str, sizes: BenchSizes) -> dict:
-    """Graphs and compile warm-up of `path` over the epoch (bench/compile_warmup.py), scaled from the shapes compiled
-    to the epoch's shapes where fewer were compiled (stock); `estimated` says whether it was."""
+def compile_over_epoch(workload: Workload, path: str, sizes: BenchSizes, regional: bool = False) -> dict:
+    """Graphs and compile warm-up of `path` over the epoch (bench/compile_warmup.py; by regions if `regional`),
+    scaled from the shapes compiled to the epoch's shapes where fewer were compiled (stock); `estimated` says whether
+    it was."""
     max_shapes = sizes.compile_stock_shapes if path == "stock" else MAX_CANVAS_SHAPES
-    run = compile_warmup_isolated(workload, path, sizes.compile_backend, max_shapes)
+    run = compile_warmup_isolated(workload, path, sizes.compile_backend, max_shapes, regional)
     scale = run["epoch_image_shapes"] / run["image_shapes"]
     return {"graphs": round(run["compilations"] * scale), "warmup_s": run["warmup_s"] * scale,
             "graph_breaks": run["graph_breaks"], "image_shapes": run["epoch_image_shapes"],
@@ -439,6 +443,7 @@ def measure_canvas_paths(sizes: BenchSizes, results: dict) -> dict:
     workload = sizes.workload
     progress("compile warm-up, a process per path")
     compiles = {path: compile_over_epoch(workload, path, sizes) for path in CANVAS_PATHS}
+    regional = {path: compile_over_epoch(workload, path, sizes, regional=True) for path in REGIONAL_PATHS}
     results["compiled"] = ("model.model (backbone + encoder + decoder), dynamic=False; heads, loss, backward, AdamW "
                            "around it")
     results["compile_backend"] = sizes.compile_backend
@@ -448,7 +453,18 @@ def measure_canvas_paths(sizes: BenchSizes, results: dict) -> dict:
     eager = eager_epoch(eager_workload, sizes.eager_every, sizes.eager_chunks)
     progress("loader")
     results.update(canvas_summary(compiles, eager, loader_images_per_s(eager_workload, sizes.loader_epochs)))
+    results["regional_compile"] = regional_summary(compiles, regional)
     return compiles
+
+
+def regional_summary(compiles: dict, regional: dict) -> dict:
+    """Per path in REGIONAL_PATHS: graphs and warm-up compiled by regions, stock's regional warm-up over the path's,
+    and the path's whole-model warm-up over its regional one."""
+    return {path: {"graphs": regional[path]["graphs"], "warmup_s": regional[path]["warmup_s"],
+                   "estimated": regional[path]["estimated"],
+                   "stock_over_path": ratio(regional["stock"]["warmup_s"], regional[path]["warmup_s"]),
+                   "whole_over_regional": ratio(compiles[path]["warmup_s"], regional[path]["warmup_s"])}
+            for path in REGIONAL_PATHS}
 
 
 def canvas_summary(compiles: dict, eager: dict, loader: dict | None) -> dict:
@@ -593,6 +609,11 @@ def format_canvas_table(results: dict) -> str:
     stock = paths["stock"]
     lines.append(f"\n* scaled from the first {stock['compile_shapes_compiled']} of {stock['compile_image_shapes']} "
                  f"shapes compiled ({results['compile_backend']})")
+    regional = results["regional_compile"]
+    lines.append("compiled by regions (accelerate's compile_regions): " + "; ".join(
+        f"{names[path]} {measured['warmup_s']:.1f}{'*' if measured['estimated'] else ''} s, {measured['graphs']} "
+        f"graphs, {measured['whole_over_regional']:.1f}x shorter than whole, stock / path "
+        f"{measured['stock_over_path']:.1f}x" for path, measured in regional.items()))
     loader = results["loader"]
     if loader:
         lines.append(f"loader: {loader['images_per_s']:.1f} images/s with {loader['workers']} workers (CPPE-5 test "

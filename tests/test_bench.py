@@ -86,6 +86,22 @@ def test_canvas_paths_report_the_padding_and_shapes_of_their_own_batches(quick_e
     assert quick_epoch["k2"]["padded_pixel_fraction"] < quick_epoch["ours"]["padded_pixel_fraction"]
 
 
+def test_regional_compilation_compiles_a_repeated_layer_once_per_shape():
+    """Compiled by regions (accelerate's compile_regions), dynamo reuses the first encoder layer's graph for the
+    others: one more encoder layer adds no compilation."""
+    recompile_limit = torch._dynamo.config.recompile_limit
+    compilations = []
+    try:
+        for encoder_layers in (2, 3):
+            workload = replace(QUICK.workload, encoder_layers=encoder_layers)
+            run = compile_warmup(workload, "ours", QUICK.compile_backend, 1, regional=True)
+            compilations.append(run["compilations"])
+    finally:
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = recompile_limit
+    assert compilations[0] == compilations[1] > 1
+
+
 def test_a_canvas_path_compiles_one_graph_per_canvas(quick_epoch):
     """model.model compiled with dynamic=False on the K = 2 path: one graph per canvas (1 target bucket), none
     broken; run in this process, so dynamo's state is put back afterwards."""
@@ -140,6 +156,11 @@ def test_canvas_ratios_and_goals_follow_from_the_reported_numbers(quick_run):
     for path in IMAGE_BUCKETS:  # our paths compile every shape of the epoch: one graph per canvas
         assert paths[path]["compile_graphs"] == paths[path]["compile_image_shapes"]
         assert not paths[path]["compile_estimated"]
+    for path, measured in results["regional_compile"].items():
+        assert measured["stock_over_path"] == pytest.approx(
+            results["regional_compile"]["stock"]["warmup_s"] / measured["warmup_s"])
+        assert measured["whole_over_regional"] == pytest.approx(paths[path]["compile_warmup_s"] / measured["warmup_s"])
+    assert "compiled by regions" in printed
     best = goals["recommended"]["value"]
     assert paths[best]["images_per_s"] == max(paths[path]["images_per_s"] for path in ("k2", "k3"))
     assert goals["eager_vs_square"]["met"] == (ratios[best]["eager_vs_square"] >= 1.3)
