@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import run_object_detection
@@ -164,8 +165,8 @@ def test_torch_compile_run_compiles_the_label_free_forward_once(synthetic_dir, t
 class CompiledGraphRuns:
     """Stands in for dynamo's "eager" backend, which the Trainer looks up by name (`--torch_compile_backend eager`):
     it hands each graph to the real one and records, per run of a compiled graph with grad enabled (training), the
-    graph's number and the shape of its first 4-d input (the images). `symbolic` holds the graphs compiled for
-    symbolic (dynamic) sizes."""
+    graph's number and the shape of its first 4-d input (the images or feature maps; graphs without one are not
+    recorded). `symbolic` holds the graphs compiled for symbolic (dynamic) sizes."""
 
     def __init__(self, eager_backend) -> None:
         self.eager_backend = eager_backend
@@ -180,8 +181,8 @@ class CompiledGraphRuns:
             self.symbolic.append(graph)
 
         def run(*args):
-            if torch.is_grad_enabled():
-                images = next(a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4)
+            images = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4), None)
+            if torch.is_grad_enabled() and images is not None:
                 self.training_runs.append((graph, tuple(images.shape)))
             return compiled(*args)
         return run
@@ -225,6 +226,29 @@ def test_torch_compile_on_canvases_compiles_one_static_graph_per_canvas(aspect_r
     assert len(shapes_of_graph) == len(summary["image_canvases"]) == 3  # every canvas met in 8 steps
     assert all(len(shapes) == 1 for shapes in shapes_of_graph.values())
     assert compiled_graph_runs.symbolic == []
+
+
+@pytest.mark.slow  # an entry run
+def test_torch_compile_by_regions_compiles_static_graphs_per_canvas_and_saves_plain_weights(
+        aspect_ratio_dir, tmp_path, compiled_graph_runs, monkeypatch):
+    """accelerate's regional compilation (the Trainer's --torch_compile with ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION
+    set, README "CUDA"): every layer is a region, compiled statically once per canvas, within the recompile limit
+    the run sets (a frame over it would run eager: its runs would stop being recorded); the checkpoint holds the
+    model's own parameter names, not the compiled wrappers'."""
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "1")
+    summary = run_entry(aspect_ratio_dir, tmp_path, "--image_buckets", "3", "--torch_compile",
+                        "--torch_compile_backend", "eager", "--max_steps", "8")
+
+    assert summary["steps"] == 8 and compiled_graph_runs.symbolic == []
+    shapes_of_graph: dict[int, set] = {}
+    for graph, shape in compiled_graph_runs.training_runs:
+        shapes_of_graph.setdefault(graph, set()).add(shape)
+    assert all(len(shapes) == 1 for shapes in shapes_of_graph.values())
+    assert len({shape[2:] for shapes in shapes_of_graph.values() for shape in shapes}) >= 3  # images of 3 canvases
+    assert summary["graph_compilations"]["torch_compile"] > 3  # the regions, not 3 whole-forward graphs
+    uncompiled = tmp_path / "uncompiled"
+    build_model("detr-tiny", {0: "any"}).save_pretrained(uncompiled)
+    assert set(load_file(tmp_path / "model.safetensors")) == set(load_file(uncompiled / "model.safetensors"))
 
 
 class GraphCompiler:
