@@ -32,7 +32,15 @@ LOCK_FILE = ".run.lock"
 # The locks this process holds, closed in every forked child by one handler, registered once: a handler per lock
 # would pile up (at-fork handlers cannot be removed) and keep every closed lock file alive.
 HELD_LOCKS: weakref.WeakSet[IO] = weakref.WeakSet()
-os.register_at_fork(after_in_child=lambda: [handle.close() for handle in list(HELD_LOCKS)])
+
+
+def close_held_locks() -> None:
+    """In a forked child: close the parent's lock files, so that the lock ends with the parent, not with the child."""
+    for handle in list(HELD_LOCKS):
+        handle.close()
+
+
+os.register_at_fork(after_in_child=close_held_locks)
 
 # What a checkpoint of the run holds or assumes: resuming with another value would mix two runs in one folder.
 RUN_DEFINING_FLAGS = (
