@@ -42,6 +42,9 @@ CANVAS_PATHS = ("stock", *IMAGE_BUCKETS)
 NUM_LABELS = 5
 MAX_OBJECTS = 30
 MEDIAN_OBJECTS = 3
+# DETR-R50's backbone, as transformers' ResNetConfig fields (scripts/gpu_check.sh builds its model with it too)
+RESNET50 = {"embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048], "depths": [3, 4, 6, 3],
+            "layer_type": "bottleneck", "out_features": ["stage4"]}
 # (width, height) of the 29 images of CPPE-5's test split (../shared/data/cppe5-test/annotations/test.json, in order)
 CPPE5_TEST_SIZES = (
     (960, 499), (1280, 720), (1920, 1088), (1920, 1088), (900, 945), (1280, 720), (500, 300), (2000, 1124),
@@ -72,8 +75,7 @@ class Workload:
 def detr_config(workload: Workload) -> DetrConfig:
     width = workload.backbone_width
     if workload.resnet50:
-        backbone = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                                layer_type="bottleneck", out_features=["stage4"])
+        backbone = ResNetConfig(**RESNET50)
     else:
         backbone = ResNetConfig(embedding_size=width, hidden_sizes=[width, 2 * width, 4 * width], depths=[1, 1, 1],
                                 out_features=["stage3"])

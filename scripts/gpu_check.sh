@@ -89,6 +89,7 @@ from pathlib import Path
 
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
+from bench.workload import RESNET50
 from detr_ft.data.synthetic import write_synthetic_coco
 
 work, size, tiny = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
@@ -98,8 +99,7 @@ if tiny:
     sizes = {"d_model": 32, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "encoder_attention_heads": 2,
              "decoder_attention_heads": 2, "encoder_layers": 1, "decoder_layers": 2, "num_queries": 10}
 else:  # ResNet-50 and DETR's defaults: d_model 256, 6 + 6 layers, 100 queries (41.5 M parameters)
-    backbone = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                            layer_type="bottleneck", out_features=["stage4"])
+    backbone = ResNetConfig(**RESNET50)
     sizes = {}
 config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None, backbone_config=backbone,
                     num_labels=3, **sizes)
