@@ -152,7 +152,10 @@ def test_a_closed_lock_is_not_kept_alive_for_forked_children(tmp_path):
     assert closed() is None
 
 
-def test_only_rank_zero_locks(tmp_path, monkeypatch):
-    monkeypatch.setenv("RANK", "1")
+@pytest.mark.parametrize("variable", ["RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"])  # torchrun, gaudi_spawn --use_mpi
+def test_only_rank_zero_locks(tmp_path, monkeypatch, variable):
+    """mpirun sets no RANK (on Gaudi, importing habana_frameworks copies Open MPI's rank into it, not PMI_RANK): a
+    process that read no rank locked as rank 0, and all but one process were refused."""
+    monkeypatch.setenv(variable, "1")
     assert lock_run_folder(tmp_path / "run") is None
     assert not (tmp_path / "run").exists()

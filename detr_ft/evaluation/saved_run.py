@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,15 @@ from detr_ft.data.labels import ClassMapping
 from detr_ft.data.prepare import validated_splits
 from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.loop import predict_rows
+from detr_ft.launcher import launched_processes
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
 from detr_ft.train.arguments import TRAINING_DEFAULTS, DataArguments
-
-# Process counts set by launchers: torchrun, Intel MPI / MPICH, Open MPI (gaudi_spawn --use_mpi), MVAPICH.
-WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 def several_processes_error(command: str) -> str | None:
     """Why `command` does not run under a multi-process launcher (every process would write the same files while
     evaluating a share of the images), or None in a single process."""
-    processes = max(int(os.environ.get(name) or 1) for name in WORLD_SIZE_VARIABLES)
+    processes = launched_processes()
     if processes == 1:
         return None
     return (f"{command} evaluates in one process, but was launched as {processes} processes (torchrun, gaudi_spawn "

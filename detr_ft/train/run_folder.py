@@ -4,8 +4,8 @@
   second process. The OS releases it when the process ends, however it ends (kill -9 included), so a lock file left
   by a dead process is simply taken again: there is no stale-lock logic. A forked child (a DataLoader worker) closes
   its copy of the lock at once: a flock lives while any process holds the file open, and the workers of a killed run
-  outlive it by seconds, long enough to refuse its rerun. Under DDP only rank 0 takes it; torchrun stops the other
-  ranks when rank 0 exits.
+  outlive it by seconds, long enough to refuse its rerun. Under DDP only rank 0 takes it (as torchrun or mpirun
+  numbers it: `detr_ft.launcher`); the launcher stops the other ranks when rank 0 exits.
 - The same run: before anything is written, `check_same_run` compares the flags that define the run (data, classes,
   image size, static shapes, model, optimizer settings a checkpoint's optimizer state would silently replace) with
   the folder's run_args.json. The same: rerunning resumes. Different: refused, naming the flags, unless
@@ -23,6 +23,7 @@ import weakref
 from pathlib import Path
 from typing import IO
 
+from detr_ft.launcher import launched_rank
 from detr_ft.run_files import RUN_ARGUMENTS_FILE, read_run_arguments
 from detr_ft.train.checkpoints import all_checkpoints
 
@@ -57,7 +58,7 @@ class RunFolderError(ValueError):
 
 def lock_run_folder(output_dir: str | Path) -> IO | None:
     """Hold an exclusive lock on `output_dir` until the returned file is closed or the process ends."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launched_rank() != 0:
         return None
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     handle = open(Path(output_dir) / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
