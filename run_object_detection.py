@@ -79,6 +79,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
         preprocess_logits_for_metrics,
     )
     from detr_ft.evaluation.report import format_map_table
+    from detr_ft.launcher import launched_rank
     from detr_ft.model.build import build_model
     from detr_ft.model.device_matcher import DeviceMatcher, choose_matcher
     from detr_ft.model.static_shapes import use_static_shape_loss
@@ -113,7 +114,8 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     except (FlagError, OSError) as error:  # OSError: a model the hub or the disk cannot give
         logging.error("%s", error)
         return 2
-    save_run_arguments(training_args.output_dir, run_arguments)
+    if launched_rank() == 0:  # one writer per launch, as for the run folder's lock
+        save_run_arguments(training_args.output_dir, run_arguments)
     # The canvases ride along in the saved processor, so evaluation and inference pad as training did.
     preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images,
                                   tuple(data.canvases) if shape_args.image_buckets > 1 else ())

@@ -16,8 +16,9 @@ RUN_ARGUMENTS_FILE = "run_args.json"
 
 
 def write_json_atomic(path: Path, payload) -> None:
-    """Write to a temporary file and rename it over `path`: a crash never leaves half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    """Write to a temporary file and rename it over `path`: a crash never leaves half a file. The temporary file is
+    the process's own: processes writing the same file must not rename each other's."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(payload, indent=2))
     os.replace(temporary, path)
 
