@@ -78,6 +78,18 @@ def run_two_processes(argv: list[str], timeout: float = 300) -> subprocess.Compl
     return subprocess.CompletedProcess(command, launch.returncode, stdout, stderr)
 
 
+def launch_failure(result: subprocess.CompletedProcess, lines_per_rank: int = 40) -> str:
+    """What a failed 2-process launch printed, for an assertion message: each worker's own lines first (torch
+    prefixes them "[rankN]:"), since torchrun's report at the tail names the failing rank but not its error."""
+    ranks: dict[str, list[str]] = {}
+    for line in result.stderr.splitlines():
+        if line.startswith("[rank") and "]:" in line:
+            ranks.setdefault(line[1:line.index("]:")], []).append(line)
+    own = "".join(f"--- {rank} (last {lines_per_rank} lines) ---\n" + "\n".join(lines[-lines_per_rank:]) + "\n"
+                  for rank, lines in sorted(ranks.items()))
+    return f"exit status {result.returncode}\n{own}--- stderr (tail) ---\n{result.stderr[-2000:]}"
+
+
 def child_processes(pid: int) -> list[int]:
     """The direct children of process `pid` (Linux /proc)."""
     return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()

@@ -16,7 +16,7 @@ import json
 
 import pytest
 import torch
-from entry_runs import entry_argv, final_weights, run_in_process, run_two_processes
+from entry_runs import entry_argv, final_weights, launch_failure, run_in_process, run_two_processes
 
 pytestmark = pytest.mark.slow  # torchrun and entry runs
 
@@ -61,7 +61,7 @@ def test_two_processes_with_batch_b_log_the_losses_of_one_with_batch_2b(tmp_path
     assert counts[0] != counts[1]  # else a per-process box count would pass too
     parallel = tmp_path / "parallel"
     result = run_two_processes(run_argv(data_dir, pretrained_dir, parallel, 2, *loss_arguments))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result)
     # Our default --ddp_find_unused_parameters false reached DDP (it would fail the step if DETR left a trainable
     # parameter unused); with True, DDP searches the graph every step and warns that it found nothing.
     assert "find_unused_parameters=True" not in result.stderr
@@ -84,7 +84,7 @@ def test_two_processes_redo_a_step_with_an_unfinished_matching_together_and_trai
     for name, matcher in matchers.items():
         runs[name] = tmp_path / name
         result = run_two_processes(run_argv(data_dir, pretrained_dir, runs[name], 2, *matcher))
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, launch_failure(result)
 
     summary = json.loads((runs["short"] / "run_summary.json").read_text())
     assert summary["matcher_steps_redone_on_host"] >= 1

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CANVAS_RUN_ARGUMENTS, extend_to_aspect_ratios
-from entry_runs import entry_argv, run_two_processes
+from entry_runs import entry_argv, launch_failure, run_two_processes
 
 from detr_ft.evaluation import eval_checkpoints
 
@@ -81,7 +81,7 @@ def test_two_process_evaluation_of_ragged_labels_logs_the_one_process_map(tmp_pa
     argv = entry_argv(data_dir, run_dir, "--num_buckets", num_buckets, "--max_steps", str(STEPS),
                       "--ckpt_store_interval_epochs", str(INTERVAL), "--augment", "false")
     result = run_two_processes(argv)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result)
     logs_the_one_process_map(run_dir)
 
 
@@ -99,7 +99,7 @@ def test_two_process_evaluation_on_canvases_logs_the_one_process_map(tmp_path, s
                       "--ckpt_store_interval_epochs", str(CANVAS_INTERVAL // 3), "--augment", "false",
                       "--per_device_train_batch_size", "1")
     result = run_two_processes(argv)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result)
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert len(summary["image_canvases"]) == 3
     logs_the_one_process_map(run_dir, CANVAS_STEPS, CANVAS_INTERVAL)
