@@ -12,7 +12,7 @@ import logging
 import sys
 
 from detr_ft.console import setup_logging
-from detr_ft.train.arguments import parse_arguments, user_set_flags
+from detr_ft.train.arguments import device_arguments, parse_arguments, user_set_flags
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings
 from detr_ft.train.flag_checks import FlagError, check_flags, static_shape_defaults
 
@@ -23,13 +23,13 @@ RUN_TRAINING_ARGUMENTS = ("per_device_train_batch_size", "per_device_eval_batch_
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, shape_args, device_args, training_args = parse_arguments(argv)
     setup_logging()
-    try:
-        device_type = check_device_settings(device_args)
+    try:  # before TrainingArguments are built: on Gaudi that fixes lazy or eager mode (`device_arguments`)
+        device_type = check_device_settings(device_arguments(argv))
     except DeviceSettingsError as error:
         logging.error("%s", error)
         return 2
+    model_args, data_args, shape_args, device_args, training_args = parse_arguments(argv)
     user_set = user_set_flags(argv)
     try:
         check_flags(model_args, data_args, shape_args, device_args, training_args, user_set)

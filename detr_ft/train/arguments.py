@@ -179,6 +179,22 @@ def is_json_file_argv(argv: list[str]) -> bool:
     return len(argv) == 1 and argv[0].endswith(".json")
 
 
+def flag_values(argv: list[str]) -> dict:
+    """The command line, or a single JSON file given as the only argument, as {flag: value} with the defaults.
+    Builds no dataclass: building TrainingArguments sets up the device (`device_arguments`)."""
+    if is_json_file_argv(argv):
+        return {**TRAINING_DEFAULTS, **json.loads(Path(argv[0]).read_text())}
+    return vars(argument_parser().parse_args(argv))
+
+
+def device_arguments(argv: list[str] | None = None) -> DeviceArguments:
+    """The device flags alone, read without building TrainingArguments: its `__post_init__` sets up the device,
+    and on a Gaudi host accelerate's device lookup imports habana_frameworks, which picks lazy or eager mode from
+    PT_HPU_LAZY_MODE then, once: before `check_device_settings` could set the variable from --use_lazy_mode."""
+    values = flag_values(sys.argv[1:] if argv is None else argv)
+    return DeviceArguments(**{f.name: values[f.name] for f in dataclasses.fields(DeviceArguments) if f.name in values})
+
+
 def parse_arguments(argv: list[str] | None = None) -> tuple:
     """Parse the command line, or a single JSON file given as the only argument.
 
@@ -186,18 +202,13 @@ def parse_arguments(argv: list[str] | None = None) -> tuple:
     use_cpu follows --device later (`devices.training_arguments`), which turns bf16 autocast on for every device.
     `training.overwrite_output_dir` exists on every transformers version (an attribute where 5.x lacks the field).
     """
-    parser = argument_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    if is_json_file_argv(argv):
-        values = {**TRAINING_DEFAULTS, **json.loads(Path(argv[0]).read_text())}
-    else:
-        values = vars(parser.parse_args(argv))
+    values = flag_values(sys.argv[1:] if argv is None else argv)
     overwrite = bool(values.get(OVERWRITE_FLAG, False))
     if not TRAINING_HAS_OVERWRITE:
         values.pop(OVERWRITE_FLAG, None)
     if values.get("bf16"):
         values.update(bf16=False, autocast=True)
-    *arguments, training = parser.parse_dict(values)
+    *arguments, training = argument_parser().parse_dict(values)
     training.overwrite_output_dir = overwrite
     return (*arguments, training)
 

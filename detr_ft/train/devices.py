@@ -1,7 +1,8 @@
 """One place picks the device and the trainer: optimum-habana's GaudiTrainer on HPU, transformers' Trainer else.
 
 `check_device_settings` runs first, before anything imports habana_frameworks: HPU lazy/eager mode is read
-from PT_HPU_LAZY_MODE at import time, so the variable must agree with --use_lazy_mode before that.
+from PT_HPU_LAZY_MODE at import time, so the variable must agree with --use_lazy_mode before that. Even building
+TrainingArguments imports it on a Gaudi host, so the check reads the device flags alone (`arguments.device_arguments`).
 `--trainer gaudi` runs GaudiTrainer off Gaudi too (use_habana=False): that is how CI exercises the Gaudi path.
 """
 
