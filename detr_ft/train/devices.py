@@ -24,7 +24,8 @@ class DeviceSettingsError(ValueError):
 
 
 def check_device_settings(device: DeviceArguments) -> str:
-    """Validate the flags, set PT_HPU_LAZY_MODE to match them, and return the device type to run on."""
+    """Validate the flags, set what habana_frameworks reads at import to match them (PT_HPU_LAZY_MODE, the autocast
+    op lists of --gaudi_config_name), and return the device type to run on."""
     if device.device not in ("auto", "cpu", "cuda", "hpu"):
         raise DeviceSettingsError(f"--device {device.device}: choose auto, cpu, cuda or hpu")
     if device.trainer not in ("auto", "hf", "gaudi"):
@@ -48,12 +49,27 @@ def check_device_settings(device: DeviceArguments) -> str:
             fix += "" if device.use_lazy_mode else ", or add --use_lazy_mode"
             raise DeviceSettingsError(f"PT_HPU_LAZY_MODE={current} in the environment contradicts {mode} mode: {fix}")
         os.environ["PT_HPU_LAZY_MODE"] = wanted
+        if device.gaudi_config_name:
+            declare_autocast_op_lists(device.gaudi_config_name)
         return "hpu"
     if device.device == "cuda" and not torch.cuda.is_available():
         raise DeviceSettingsError("--device cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES)")
     if device.device == "cpu" or (device.device == "auto" and not torch.cuda.is_available()):
         return "cpu"
     return "cuda"
+
+
+def declare_autocast_op_lists(gaudi_config_name: str) -> None:
+    """Declare the GaudiConfig's autocast op lists, if it has them: files named by environment variables that Habana's
+    autocast reads when habana_frameworks is imported. GaudiTrainingArguments and GaudiTrainer would declare them
+    later, when it is already imported (building TrainingArguments imports it), and GaudiConfig refuses that."""
+    from optimum.habana import GaudiConfig
+
+    try:
+        config = GaudiConfig.from_pretrained(gaudi_config_name)
+    except OSError as error:
+        raise DeviceSettingsError(f"--gaudi_config_name {gaudi_config_name}: {error}") from error
+    config.declare_autocast_bf16_fp32_ops()
 
 
 def training_arguments(device_type: str, device: DeviceArguments, training: TrainingArguments) -> TrainingArguments:
