@@ -74,3 +74,13 @@ def test_the_gaudi_configs_autocast_op_lists_are_declared_before_habana_framewor
     declared = [seen["PT_HPU_AUTOCAST_LOWER_PRECISION_OPS_LIST"], seen["PT_HPU_AUTOCAST_FP32_OPS_LIST"]]
     assert None not in declared
     assert [Path(path).read_text().split() for path in declared] == [["matmul", "linear"], ["softmax"]]
+
+
+def test_a_gaudi_config_that_cannot_be_loaded_is_a_device_settings_error(tmp_path, monkeypatch):
+    from detr_ft.train.arguments import DeviceArguments
+    from detr_ft.train.devices import DeviceSettingsError, check_device_settings
+
+    monkeypatch.setenv("PT_HPU_LAZY_MODE", "0")  # eager, as asked; restored after the test
+    missing = tmp_path / "no_such_gaudi_config.json"
+    with pytest.raises(DeviceSettingsError, match=f"--gaudi_config_name {missing}"):
+        check_device_settings(DeviceArguments(use_habana=True, gaudi_config_name=str(missing)))
