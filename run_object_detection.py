@@ -24,7 +24,7 @@ RUN_TRAINING_ARGUMENTS = ("per_device_train_batch_size", "per_device_eval_batch_
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     setup_logging()
-    try:  # before TrainingArguments are built: on Gaudi that fixes lazy or eager mode (`device_arguments`)
+    try:  # before TrainingArguments are built: building them fixes HPU lazy or eager mode (`device_arguments`)
         device_type = check_device_settings(device_arguments(argv))
     except DeviceSettingsError as error:
         logging.error("%s", error)

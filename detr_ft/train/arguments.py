@@ -188,9 +188,9 @@ def flag_values(argv: list[str]) -> dict:
 
 
 def device_arguments(argv: list[str] | None = None) -> DeviceArguments:
-    """The device flags alone, read without building TrainingArguments: its `__post_init__` sets up the device,
-    and on a Gaudi host accelerate's device lookup imports habana_frameworks, which picks lazy or eager mode from
-    PT_HPU_LAZY_MODE then, once: before `check_device_settings` could set the variable from --use_lazy_mode."""
+    """The device flags alone, read without building TrainingArguments. Its `__post_init__` sets up the device, and
+    on a Gaudi host accelerate's device lookup imports habana_frameworks, which picks lazy or eager mode from
+    PT_HPU_LAZY_MODE there and then, once: `check_device_settings` must set that variable first."""
     values = flag_values(sys.argv[1:] if argv is None else argv)
     return DeviceArguments(**{f.name: values[f.name] for f in dataclasses.fields(DeviceArguments) if f.name in values})
 
