@@ -4,6 +4,8 @@ default; a model that cannot load fails fast, leaving no run_args.json; no packa
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -242,3 +244,26 @@ def test_importing_the_dataset_module_makes_no_network_attempt():
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=environment, capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == "0", result.stderr
+
+
+def test_a_json_file_in_place_of_the_flags_parses_as_the_flags(tmp_path):
+    """README: a single JSON file with the flags' keys works in place of the flags (booleans as true/false)."""
+    values = {"output_dir": str(tmp_path / "run"), "model_name_or_path": "detr-tiny", "image_size": 64,
+              "pad_images": True, "pad_objects": True, "num_buckets": 2, "learning_rate": 3e-4, "device": "cpu",
+              "bf16": True, "per_device_train_batch_size": 4}
+    (tmp_path / "flags.json").write_text(json.dumps(values))
+    flags = [f"--{name}={value}" for name, value in values.items()]
+
+    from_file, from_flags = parse_arguments([str(tmp_path / "flags.json")]), parse_arguments(flags)
+
+    assert [dataclasses.asdict(group) for group in from_file[:4]] == [dataclasses.asdict(g) for g in from_flags[:4]]
+    assert from_file[4].to_dict() == from_flags[4].to_dict()
+    assert from_file[2].num_buckets == 2 and from_file[3].autocast  # the file's values, --bf16 read as autocast
+
+
+def test_device_flags_in_a_json_file_are_checked_first(tmp_path, no_model, caplog):
+    (tmp_path / "flags.json").write_text(json.dumps({"output_dir": str(tmp_path / "run"), "device": "tpu"}))
+
+    assert run_in_process([str(tmp_path / "flags.json")]) == 2
+    assert "--device tpu: choose auto, cpu, cuda or hpu" in caplog.text
+    assert not (tmp_path / "run").exists()
