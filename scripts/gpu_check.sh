@@ -50,9 +50,9 @@ FAILED=()
 want() {  # want STEP: whether $CHECKS (default all) names this step
     [[ " ${CHECKS:-1 2 3 4 5 6} " == *" $1 "* ]]
 }
-failed() {  # failed STEP: note a step that failed and go on with the next
+failed() {  # failed STEP: note a step that failed (once, however many of its parts did) and go on with the next
     echo "!! step $1 failed"
-    FAILED+=("$1")
+    [[ " ${FAILED[*]} " == *" $1 "* ]] || FAILED+=("$1")
 }
 
 if compgen -G ".whl/*.whl" > /dev/null; then
