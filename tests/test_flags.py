@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import types
@@ -17,7 +18,7 @@ import torch
 from entry_runs import REPO, entry_argv, run_in_process
 from transformers import TrainingArguments
 
-from detr_ft.run_files import RUN_ARGUMENTS_FILE
+from detr_ft.run_files import RUN_ARGUMENTS_FILE, save_run_arguments
 from detr_ft.train.arguments import parse_arguments, user_set_flags
 from detr_ft.train.flag_checks import FlagError, check_flags, static_shape_defaults
 from detr_ft.train.optimizer import optimizer_class_and_kwargs
@@ -63,6 +64,33 @@ def test_bad_flags_are_refused_before_anything_is_read_or_written(data_dir, tmp_
 
     assert named in caplog.text
     assert not output_dir.exists()
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--eval_steps", "5"], "--eval_steps: checkpoints and mAP evaluations go together"),
+    (["--save_strategy", "epoch"], "--save_strategy epoch: the project sets steps"),
+    (["--dataloader_drop_last", "false"], "--dataloader_drop_last False: the project sets True"),
+    (["--batch_eval_metrics", "false"], "--batch_eval_metrics False: the project sets True"),
+    (["--remove_unused_columns", "true"], "--remove_unused_columns True: the project sets False"),
+    (["--use_cpu"], "--use_cpu: the device follows --device: use --device cpu instead"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be >= 1"),
+    (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size 0: must be >= 1"),
+    (["--model_name_or_path", "{empty_folder}"],
+     "--model_name_or_path {empty_folder}: the folder holds no config.json"),
+])
+def test_flags_the_project_sets_or_bounds_are_refused_naming_the_flag(tmp_path, flags, named):
+    """README's table of refused flags: a value the project would replace, or cannot run with, is refused by name."""
+    flags = [flag.format(empty_folder=tmp_path) for flag in flags]
+    argv = ["--output_dir", "unused", "--model_name_or_path", "detr-tiny", *flags]
+
+    with pytest.raises(FlagError, match=re.escape(named.format(empty_folder=tmp_path))):
+        check_flags(*parse_arguments(argv), user_set_flags(argv))
+
+
+@pytest.mark.parametrize("flags", [["--use_cpu", "--device", "cpu"], ["--dataloader_drop_last", "true"]])
+def test_the_values_the_project_sets_itself_pass(flags):
+    argv = ["--output_dir", "unused", "--model_name_or_path", "detr-tiny", *flags]
+    check_flags(*parse_arguments(argv), user_set_flags(argv))
 
 
 def test_every_refused_flag_is_named_in_one_message(data_dir, tmp_path, no_model, caplog):
@@ -138,6 +166,43 @@ def test_the_optimizer_is_the_one_optim_names_over_the_project_s_groups(data_dir
     assert f"what trains, stepped by {optimizer_class.__name__}(" in caplog.text
     assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 2e-5]  # the rest, the backbone
     assert all(group[key] == value for group in optimizer.param_groups for key, value in settings.items())
+
+
+@pytest.fixture
+def saved_detr(tiny_detr, tmp_path):
+    """A tiny DETR saved with save_pretrained, as a pretrained model folder is: no run_args.json beside it."""
+    tiny_detr().save_pretrained(tmp_path / "detr")
+    return tmp_path / "detr"
+
+
+@pytest.mark.parametrize(("source", "backbone_rates"), [
+    ("pretrained folder", {1e-5}),  # DETR's recipe: a pretrained backbone at --backbone_lr's default
+    ("preset", {1e-3}),  # from scratch: the whole backbone at --learning_rate
+    ("folder trained from scratch by us", {1e-3}),  # its run_args.json names a preset: it keeps that regime
+])
+def test_backbone_lr_default_is_1e_5_for_pretrained_backbones_and_the_learning_rate_from_scratch(
+        data_dir, tmp_path, saved_detr, monkeypatch, source, backbone_rates):
+    """Without --backbone_lr the backbone trains at 1e-5 only where it is pretrained (README); the rest of the model
+    always at --learning_rate (1e-3 in entry_argv)."""
+    if source == "folder trained from scratch by us":
+        save_run_arguments(saved_detr, {"model_name_or_path": "detr-tiny"})
+    model_name_or_path = "detr-tiny" if source == "preset" else str(saved_detr)
+    built = {}
+
+    def build_trainer(*args, **kwargs):
+        built.update(model=kwargs["model"], optimizer=kwargs["optimizers"][0])
+        raise StopBeforeTraining
+
+    monkeypatch.setattr("detr_ft.train.devices.build_trainer", build_trainer)
+    with pytest.raises(StopBeforeTraining):
+        run_in_process(entry_argv(data_dir, tmp_path / "run", "--model_name_or_path", model_name_or_path))
+
+    learning_rates = {id(p): group["lr"] for group in built["optimizer"].param_groups for p in group["params"]}
+    rates: dict[bool, set] = {True: set(), False: set()}  # in the backbone -> learning rates of its parameters
+    for name, parameter in built["model"].named_parameters():
+        if parameter.requires_grad:
+            rates["backbone" in name.split(".")].add(learning_rates[id(parameter)])
+    assert rates == {True: backbone_rates, False: {1e-3}}
 
 
 class HabanaFusedAdamW(torch.optim.AdamW):
