@@ -14,10 +14,16 @@ def sample(h, w, n, index=0):
 
 
 def test_bucket_sizes():
+    """README: N buckets are the object counts' quantiles at 1/N ... 1, rounded up."""
     counts = np.array([1, 1, 2, 2, 3, 5, 8, 30])
     assert compute_bucket_sizes(counts, 1) == [30]
-    buckets = compute_bucket_sizes(counts, 3)
-    assert buckets[-1] == 30 and buckets == sorted(buckets) and len(buckets) <= 3
+    # Sorted: 1 1 2 3 5 8 13 21. The quantile at q sits at position 7q (linear between neighbours):
+    # 1/4: 1.75 -> 1 + 0.75 * (2 - 1) = 1.75 -> 2; 2/4: 3.5 -> 3 + 0.5 * (5 - 3) = 4 -> 4;
+    # 3/4: 5.25 -> 8 + 0.25 * (13 - 8) = 9.25 -> 10; 1: 21. Rounded down: 1, 4, 9; the nearest count: 2, 5, 8;
+    # quantiles at 0 ... 3/4: 1, 2, 4, 10.
+    assert compute_bucket_sizes(np.array([8, 1, 21, 3, 1, 13, 2, 5]), 4) == [2, 4, 10, 21]
+    # 1 1 1 1 1 1 2 9: 1.75 -> 1; 3.5 -> 1; 5.25 -> 1 + 0.25 * (2 - 1) = 1.25 -> 2; 9: equal quantiles share a bucket
+    assert compute_bucket_sizes(np.array([1, 1, 1, 1, 1, 1, 2, 9]), 4) == [1, 2, 9]
     assert compute_bucket_sizes(np.array([0, 0]), 2) == [1]
     with pytest.raises(ValueError, match="num_buckets"):
         compute_bucket_sizes(counts, 0)

@@ -18,6 +18,7 @@ from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.prepare import prepare_data
 from detr_ft.data.sources import carve_validation, load_coco_folder
+from detr_ft.train import arguments
 from detr_ft.train.arguments import finalize_training_arguments, parse_arguments
 
 
@@ -64,6 +65,30 @@ def test_forkserver_workers_load_the_augmented_batches_forked_workers_load(synth
         epochs[start_method] = [batch["pixel_values"] for _ in range(2) for batch in loader]  # 2 x (2, 3, 32, 32)
     assert len(epochs["fork"]) == 8
     assert all(torch.equal(a, b) for a, b in zip(epochs["fork"], epochs["forkserver"], strict=True))
+
+
+def machine(monkeypatch, cpus: int, processes: int) -> None:
+    """This process may run on `cpus` CPUs, shared by `processes` training processes on the machine."""
+    monkeypatch.setattr(arguments.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+
+
+@pytest.mark.parametrize(("cpus", "processes", "workers"), [
+    (2, 1, 1),  # 2 - 1
+    (6, 1, 5),  # 6 - 1
+    (64, 1, 8),  # 63, capped at MAX_AUTO_WORKERS
+    (16, 4, 3),  # 16 / 4 - 1: the machine's CPUs are shared by its processes
+    (4, 4, 1),  # 4 / 4 - 1 = 0, raised to 1
+])
+def test_default_workers_are_the_processs_share_of_its_cpus_less_one(monkeypatch, cpus, processes, workers):
+    """README: (CPUs of this process / processes on the machine) - 1 workers, at least 1, at most 8."""
+    machine(monkeypatch, cpus, processes)
+    assert arguments.default_dataloader_workers() == workers
+
+
+def test_a_run_without_a_worker_count_gets_the_default_workers(tmp_path, monkeypatch):
+    machine(monkeypatch, cpus=16, processes=4)
+    assert finalized_training_arguments(tmp_path, "--report_to", "none").dataloader_num_workers == 3
 
 
 @pytest.mark.parametrize(("argv", "start_method"), [

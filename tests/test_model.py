@@ -1,10 +1,12 @@
 """Model building: the backbone-freezing fix, DETR's from-scratch init (kept by a folder our from-scratch run saved),
 backbone learning rate groups, the "what trains" report."""
 
+import pytest
 import torch
 from torch import nn
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
+from detr_ft.model import build
 from detr_ft.model.build import build_model, trained_from_scratch
 from detr_ft.run_files import save_run_arguments
 from detr_ft.train.optimizer import build_optimizer, describe_training, optimizer_param_groups
@@ -31,6 +33,41 @@ def saved_resnet_detr(path):
 def test_pretrained_model_gets_a_head_for_the_labels(tmp_path):
     model = build_model(str(saved_resnet_detr(tmp_path)), ID2LABEL)
     assert model.config.id2label == ID2LABEL and model.class_labels_classifier.out_features == 4
+
+
+@pytest.mark.parametrize(("name", "revision", "loaded_revision"), [
+    ("facebook/detr-resnet-50", None, "no_timm"),  # the default model: no timm needed
+    ("facebook/detr-resnet-101", None, "no_timm"),
+    ("facebook/detr-resnet-50", "main", "main"),  # --model_revision stands
+    ("someone/detr-finetuned", None, None),  # a hub id without a table entry: the hub's default
+])
+def test_hub_models_load_at_their_revision(monkeypatch, name, revision, loaded_revision):
+    """README: facebook/detr-resnet-50 is loaded at revision no_timm. The hub is unreachable here: the load is
+    recorded and fails as an unreachable hub does."""
+    calls = []
+
+    def unreachable_hub(name_or_path, **kwargs):
+        calls.append((name_or_path, kwargs))
+        raise OSError("hub unreachable")
+
+    monkeypatch.setattr(build.DetrForObjectDetection, "from_pretrained", unreachable_hub)
+    with pytest.raises(OSError, match="hub unreachable"):
+        build_model(name, ID2LABEL, revision=revision)
+    assert len(calls) == 1 and calls[0][0] == name and calls[0][1]["revision"] == loaded_revision
+
+
+def test_a_local_folder_gets_no_hub_revision(tmp_path, monkeypatch):
+    folder = str(saved_resnet_detr(tmp_path))
+    load = DetrForObjectDetection.from_pretrained
+    revisions = []
+
+    def recording_load(name_or_path, **kwargs):
+        revisions.append(kwargs["revision"])
+        return load(name_or_path, **kwargs)
+
+    monkeypatch.setattr(build.DetrForObjectDetection, "from_pretrained", recording_load)
+    assert build_model(folder, ID2LABEL).config.id2label == ID2LABEL
+    assert revisions == [None]
 
 
 def test_freeze_backbone(tmp_path):
