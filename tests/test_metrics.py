@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import dataclasses
 import gc
 import io
 import json
@@ -16,7 +17,10 @@ from transformers.image_transforms import center_to_corners_format
 from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
 from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
+from detr_ft.data.labels import ClassMapping
+from detr_ft.data.sources import CocoSplit, load_coco_folder
 from detr_ft.evaluation.coco_map import SUMMARY_NAMES, coco_map, detections_from_predictions, postprocess_logits
+from detr_ft.evaluation.loop import CocoMetrics
 
 
 def coco_map_pycocotools(coco_gt: dict, detections: list[dict]) -> dict[str, float]:
@@ -131,19 +135,35 @@ def test_coco_map_leaves_inputs_untouched_and_prints_nothing(cppe5_gt: dict, cap
     assert capsys.readouterr().out == ""
 
 
-def test_perfect_predictions_through_the_pipeline_give_map_one(cppe5_gt: dict) -> None:
-    """GT boxes as normalized (cx, cy, w, h) model outputs -> detections_from_predictions -> coco_map == 1."""
-    images = cppe5_gt["images"]
-    num_queries = max(np.unique([a["image_id"] for a in cppe5_gt["annotations"]], return_counts=True)[1])
-    category_ids = [category["id"] for category in cppe5_gt["categories"]]
+def perfect_predictions(coco_gt: dict, label_of: dict[int, int]) -> np.ndarray:
+    """(N, Q, 6) [score, label, cx, cy, w, h]: every GT box of image i as a normalized model output of score 1 and
+    label `label_of[category id]`; Q is the most boxes of an image, unused queries score 0."""
+    images = coco_gt["images"]
+    num_queries = max(np.unique([a["image_id"] for a in coco_gt["annotations"]], return_counts=True)[1])
     predictions = np.zeros((len(images), num_queries, 6))  # unused queries: score 0, so they rank below every hit
     predictions[..., 2:] = [0.5, 0.5, 0.1, 0.1]
     for i, image in enumerate(images):
-        annotations = [a for a in cppe5_gt["annotations"] if a["image_id"] == image["id"]]
+        annotations = [a for a in coco_gt["annotations"] if a["image_id"] == image["id"]]
         for q, annotation in enumerate(annotations):
             x, y, w, h = annotation["bbox"]
             box = np.array([x + w / 2, y + h / 2, w, h]) / ([image["width"], image["height"]] * 2)
-            predictions[i, q] = [1.0, category_ids.index(annotation["category_id"]), *box]
+            predictions[i, q] = [1.0, label_of[annotation["category_id"]], *box]
+    return predictions
+
+
+def perfect_rows(coco_gt: dict, label_of: dict[int, int]) -> np.ndarray:
+    """`perfect_predictions` as the evaluation loop's rows (N, Q, 7): image index i in the last column."""
+    predictions = perfect_predictions(coco_gt, label_of)  # (N, Q, 6)
+    index = np.broadcast_to(np.arange(len(predictions))[:, None, None], (*predictions.shape[:2], 1))  # (N, Q, 1)
+    return np.concatenate([predictions, index], axis=-1)
+
+
+def test_perfect_predictions_through_the_pipeline_give_map_one(cppe5_gt: dict) -> None:
+    """GT boxes as normalized (cx, cy, w, h) model outputs -> detections_from_predictions -> coco_map == 1."""
+    images = cppe5_gt["images"]
+    category_ids = [category["id"] for category in cppe5_gt["categories"]]
+    predictions = perfect_predictions(cppe5_gt, {category_id: k for k, category_id in enumerate(category_ids)})
+    num_queries = predictions.shape[1]
     image_ids = [image["id"] for image in images]
     orig_sizes = [(image["height"], image["width"]) for image in images]
     detections = detections_from_predictions(predictions, image_ids, orig_sizes, category_ids)
@@ -155,6 +175,67 @@ def test_perfect_predictions_through_the_pipeline_give_map_one(cppe5_gt: dict) -
     metrics = coco_map(cppe5_gt, detections)
     for name in ["map", "map_50", "map_75", "mar_100", *(f"map_{c['name']}" for c in cppe5_gt["categories"])]:
         assert metrics[name] == pytest.approx(1.0), name
+
+
+MODEL_ID2LABEL = {0: "circle", 1: "square", 2: "triangle"}  # training's labels for the synthetic categories 1, 2, 3
+SWAPPED_CATEGORIES = [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}, {"id": 3, "name": "triangle"}]
+
+
+def test_for_model_maps_model_labels_to_category_ids_by_name() -> None:
+    """A split numbering circle and square the other way round: each model label still goes to its name's id."""
+    classes = ClassMapping.for_model(MODEL_ID2LABEL, SWAPPED_CATEGORIES)
+    assert classes.category_ids == (2, 1, 3)  # label 0 (circle) -> id 2, 1 (square) -> 1, 2 (triangle) -> 3
+    assert classes.id2label == MODEL_ID2LABEL
+    assert classes.category_to_label == {2: 0, 1: 1, 3: 2}
+    assert classes.category_names == {1: "square", 2: "circle", 3: "triangle"}
+
+
+@pytest.fixture(scope="module")
+def validation_split(synthetic_coco) -> CocoSplit:
+    """8 synthetic validation images of 64 px, 1-4 shapes each, categories 1 circle, 2 square, 3 triangle."""
+    return load_coco_folder(synthetic_coco(num_train=2, num_validation=8, image_size=64, seed=0), "validation")
+
+
+def test_split_with_swapped_ids_scores_map_one_with_the_classes_matched_by_name(validation_split) -> None:
+    """Perfect rows of the model's labels on a split whose circle and square ids are swapped: for_model's mapping
+    scores them 1, the split's own id-order numbering (label 0 = its id 1, now square) scores them lower."""
+    assert validation_split.coco["categories"] == [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
+                                                   {"id": 3, "name": "triangle"}]
+    renumbered = {1: 2, 2: 1, 3: 3}
+    coco = {**validation_split.coco, "categories": SWAPPED_CATEGORIES,
+            "annotations": [{**a, "category_id": renumbered[a["category_id"]]}
+                            for a in validation_split.coco["annotations"]]}
+    split = dataclasses.replace(validation_split, coco=coco)
+    name_of = {category["id"]: category["name"] for category in SWAPPED_CATEGORIES}
+    label_of_name = {name: label for label, name in MODEL_ID2LABEL.items()}
+    rows = perfect_rows(coco, {category_id: label_of_name[name] for category_id, name in name_of.items()})
+
+    by_name = CocoMetrics(split, ClassMapping.for_model(MODEL_ID2LABEL, coco["categories"])).score(rows)
+    for name in ["map", "map_50", "map_circle", "map_square", "map_triangle"]:
+        assert by_name[name] == pytest.approx(1.0), name
+    by_position = CocoMetrics(split, ClassMapping.from_categories(coco["categories"])).score(rows)
+    assert by_position["map"] < 0.9
+    assert by_position["map_triangle"] == pytest.approx(1.0)  # its id is the same either way
+
+
+def test_filler_rows_are_left_out_of_the_map(validation_split) -> None:
+    """Rows of the evaluation set's filler images (image index -1) change no metric: without the filter they would
+    score as confident false positives on the split's last image (as the control row below does)."""
+    rows = perfect_rows(validation_split.coco, {1: 0, 2: 1, 3: 2})  # (N, Q, 7)
+    num_queries = rows.shape[1]
+    filler = np.zeros((2, num_queries, 7))  # (2, Q, 7): score 1, every class, small boxes off every object
+    filler[..., 0] = 1.0
+    filler[..., 1] = np.arange(num_queries) % 3
+    filler[..., 2:6] = [0.95, 0.95, 0.05, 0.05]
+    filler[..., 6] = -1
+    metrics = CocoMetrics(validation_split, ClassMapping.from_categories(validation_split.coco["categories"]))
+
+    without = metrics.score(rows)
+    assert without["map"] == pytest.approx(1.0)
+    assert metrics.score(np.concatenate([filler, rows, filler])) == without
+    last_image = filler.copy()
+    last_image[..., 6] = len(rows) - 1
+    assert metrics.score(np.concatenate([last_image, rows]))["map"] < 1.0  # control: the same rows, not fillers'
 
 
 def test_empty_detections_give_zero(cppe5_gt: dict) -> None:

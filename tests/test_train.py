@@ -1,13 +1,17 @@
-"""End to end through the real transformers Trainer: training, mAP history, buckets that change nothing."""
+"""End to end through the real transformers Trainer: training, mAP history, buckets that change nothing; the mAP
+history callback on its own."""
 
 import json
 
 import pytest
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
 import run_object_detection
+from detr_ft.run_files import write_json_atomic
 from detr_ft.train.checkpoints import all_checkpoints
+from detr_ft.train.map_history import HISTORY_FILE, MapHistoryCallback, read_history
 
-pytestmark = pytest.mark.slow  # entry runs
+slow = pytest.mark.slow  # entry runs: every test but the callback's own
 
 TINY = ["--model_name_or_path", "detr-tiny", "--image_size", "64", "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", "8", "--report_to", "none", "--seed", "0", "--learning_rate", "3e-4",
@@ -34,12 +38,14 @@ def padded_run(synthetic_dir, tmp_path_factory):
                  "2", "--logging_steps", "1", "--save_total_limit", "5", "--check_finite_loss", "false")
 
 
+@slow
 def test_tiny_detr_trains_and_its_loss_falls(padded_run, run_losses):
     losses = run_losses(padded_run)
     assert len(losses) == 48
     assert sum(losses[-8:]) / 8 < 0.9 * sum(losses[:8]) / 8
 
 
+@slow
 def test_map_history_has_one_record_per_checkpoint(padded_run):
     history = json.loads((padded_run / "eval_history.json").read_text())
     assert [(r["epoch"], r["step"]) for r in history] == [(2.0, 24), (4.0, 48)]
@@ -50,6 +56,7 @@ def test_map_history_has_one_record_per_checkpoint(padded_run):
         assert {"map_75", "map_small", "map_circle", "map_square", "map_triangle"} <= record["metrics"].keys()
 
 
+@slow
 def test_run_summary_reports_buckets_and_one_sync(padded_run):
     """One sync a step, the matcher's (the finite-loss guard, off here, adds its own read)."""
     summary = json.loads((padded_run / "run_summary.json").read_text())
@@ -59,6 +66,7 @@ def test_run_summary_reports_buckets_and_one_sync(padded_run):
     assert summary["train_samples_per_second"] > 0
 
 
+@slow
 def test_final_model_is_a_loadable_hf_folder(padded_run):
     from transformers import DetrForObjectDetection
 
@@ -67,6 +75,7 @@ def test_final_model_is_a_loadable_hf_folder(padded_run):
     assert (padded_run / "preprocessor_config.json").exists()
 
 
+@slow
 def test_buckets_do_not_change_the_loss(synthetic_dir, tmp_path, run_losses):
     """--num_buckets 0 (stock targets, transformers' loss) and 1 (padded targets, ours): the same run, to rounding.
 
@@ -85,9 +94,29 @@ def test_buckets_do_not_change_the_loss(synthetic_dir, tmp_path, run_losses):
         assert abs(a - b) <= 1e-5 * abs(a)
 
 
+@slow
 def test_real_cppe5_images_train_and_log_map_per_epoch(cppe5_dir, tmp_path):
     output_dir = train(tmp_path, "cppe5", "--dataset_dir", str(cppe5_dir), "--train_split", "test", "--eval_split",
                        "test", "--num_train_epochs", "2", "--ckpt_store_interval_epochs", "1")
     history = json.loads((output_dir / "eval_history.json").read_text())
     assert [r["epoch"] for r in history] == [1.0, 2.0]
     assert {"map_Coverall", "map_Face_Shield", "map_Gloves", "map_Goggles", "map_Mask"} <= history[0]["metrics"].keys()
+
+
+def history_record(output_dir, step: int) -> dict:
+    """A record as MapHistoryCallback.on_evaluate writes it (2 steps an epoch)."""
+    return {"epoch": step / 2, "step": step, "checkpoint": str(output_dir / f"checkpoint-{step}"),
+            "metrics": {"map": step / 10, "map_50": step / 5}}
+
+
+@pytest.mark.parametrize("world_process_zero", [True, False])
+def test_map_history_on_resume_drops_records_past_the_resumed_step(tmp_path, world_process_zero):
+    """Resuming from checkpoint-2 of a run that had evaluated steps 2, 4 and 6: the main process keeps step 2's
+    record only (what an uninterrupted run has by then); any other process leaves the file to it."""
+    records = [history_record(tmp_path, step) for step in (2, 4, 6)]
+    write_json_atomic(tmp_path / HISTORY_FILE, records)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    state = TrainerState(global_step=2, is_world_process_zero=world_process_zero)
+
+    MapHistoryCallback(tmp_path).on_train_begin(args, state, TrainerControl())
+    assert read_history(tmp_path) == (records[:1] if world_process_zero else records)
