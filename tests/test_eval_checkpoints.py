@@ -141,3 +141,34 @@ def test_eval_checkpoints_and_inference_refuse_several_processes(trained_run: Pa
     refusals = [r.getMessage() for r in caplog.records if "launched as 2 processes" in r.getMessage()]
     assert len(refusals) == 2 and all("plain python" in message for message in refusals)
     assert not any((run_dir / name).exists() for name in RUN_OUTPUTS) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changed", ["per_device_eval_batch_size", "split", "dataset_dir"])
+def test_other_settings_evaluate_every_checkpoint_again(evaluated_run: Path, tmp_path: Path, monkeypatch,
+                                                        changed: str) -> None:
+    """Scores of another split, dataset or batch size are not the ones asked for: a call with other settings
+    evaluates every checkpoint again and records them in `evaluated_on`; the same settings again reuse them."""
+    run_dir = Path(shutil.copytree(evaluated_run, tmp_path / "run"))  # evaluated_run stays as the others read it
+    first = json.loads((run_dir / "checkpoint_metrics.json").read_text())
+    data_dir = json.loads((run_dir / "run_args.json").read_text())["dataset_dir"]
+    new = {"per_device_eval_batch_size": 4, "split": "train",  # the run's: 8 and validation
+           "dataset_dir": str(shutil.copytree(data_dir, tmp_path / "data"))}[changed]
+    expected_on = {**first["evaluated_on"], ("dataset" if changed == "dataset_dir" else changed): new}
+    assert expected_on != first["evaluated_on"]
+    evaluated = []
+
+    def count_evaluation(path, split, batch_size):
+        evaluated.append((path.name, split.name, batch_size))
+        return next(r for r in first["checkpoints"] if r["checkpoint"] == path.name)
+
+    monkeypatch.setattr(eval_checkpoints, "evaluate_checkpoint", count_evaluation)
+    argv = ["--run_dir", str(run_dir), f"--{changed}", str(new)]
+    assert eval_checkpoints.main(argv) == 0
+    assert evaluated == [(f"checkpoint-{step}", expected_on["split"], expected_on["per_device_eval_batch_size"])
+                         for step in STEPS]
+    assert json.loads((run_dir / "checkpoint_metrics.json").read_text())["evaluated_on"] == expected_on
+
+    evaluated.clear()
+    assert eval_checkpoints.main(argv) == 0  # the settings just recorded: nothing to evaluate
+    assert evaluated == []
+    assert json.loads((run_dir / "checkpoint_metrics.json").read_text())["evaluated_on"] == expected_on
