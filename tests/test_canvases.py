@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
-from conftest import extend_to_aspect_ratios, write_centered_shapes
+from conftest import CANVAS_RUN_ARGUMENTS, extend_to_aspect_ratios, write_centered_shapes
+from entry_runs import entry_argv, run_in_process
+from transformers import TrainingArguments
 
+from detr_ft.data.augmentation import train_augmentation
 from detr_ft.data.canvases import (
     CanvasGroupedSampler,
     assign_canvases,
@@ -23,6 +26,8 @@ from detr_ft.data.images import Preprocessing, fitted_size
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.data.sources import load_coco_folder
+from detr_ft.run_files import RUN_ARGUMENTS_FILE
+from detr_ft.train.arguments import steps_per_epoch
 
 
 def cppe5_sizes(cppe5_dir) -> list[tuple[int, int]]:
@@ -132,6 +137,49 @@ def test_sampler_deals_each_accumulated_step_batches_of_different_canvases(accum
     assert batches_of(sampler, 4) != global_batches
 
 
+def training_arguments(output_dir, batch_size: int, accumulation: int = 1):
+    return TrainingArguments(output_dir=str(output_dir), report_to="none", use_cpu=True,
+                             per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation)
+
+
+def test_a_batch_no_canvas_fills_is_refused_though_the_whole_set_would(tmp_path):
+    """12 images hold a batch of 8, but each canvas drops its last partial batch: 4 per canvas give no batch."""
+    with pytest.raises(ValueError, match=r"12 images \(\[4, 4, 4\] per image canvas\), fewer than one batch \(8\)"):
+        steps_per_epoch([4, 4, 4], training_arguments(tmp_path, 8))
+
+
+def test_fewer_batches_than_one_optimizer_step_accumulates_are_refused(tmp_path):
+    """8 images are 4 batches of 2; an optimizer step of 8 accumulated batches never comes."""
+    with pytest.raises(ValueError, match="lower --per_device_train_batch_size"):
+        steps_per_epoch([8], training_arguments(tmp_path, 2, accumulation=8))
+
+
+def test_batches_that_fill_exactly_one_accumulated_step_make_one_step(tmp_path):
+    """The boundary of the refusal above: 4 batches of 2 are one step of 4 accumulated batches."""
+    assert steps_per_epoch([8], training_arguments(tmp_path, 2, accumulation=4)) == 1
+
+
+def test_steps_count_whole_batches_per_canvas_then_accumulated_steps_rounded_up(tmp_path):
+    """[11, 7, 7, 3] images, batches of 4: 2 + 1 + 1 + 0 = 4 whole batches per canvas, in steps of 3 accumulated
+    batches: ceil(4 / 3) = 2, a full step and the partial one the trainers end an epoch with. Counting the 28 images
+    together (7 batches) would give 3 steps; dropping the partial step, 1."""
+    assert steps_per_epoch([11, 7, 7, 3], training_arguments(tmp_path, 4, accumulation=3)) == 2
+
+
+def test_a_run_whose_batch_fits_the_set_but_no_canvas_is_refused_before_anything_is_written(canvas_coco, tmp_path,
+                                                                                            monkeypatch, caplog):
+    """canvas_coco's 12 train images, 4 on each of the 3 canvases: a batch of 8 exits with 2 before the model is
+    built, leaving no run_args.json."""
+    def build_model(*args, **kwargs):
+        raise AssertionError("a model was built for a batch no canvas fills")
+
+    monkeypatch.setattr("detr_ft.model.build.build_model", build_model)
+    argv = entry_argv(canvas_coco, tmp_path / "run", *CANVAS_RUN_ARGUMENTS, "--per_device_train_batch_size", "8")
+    assert run_in_process(argv) == 2
+    assert "12 images ([4, 4, 4] per image canvas), fewer than one batch (8)" in caplog.text
+    assert not (tmp_path / "run" / RUN_ARGUMENTS_FILE).exists()
+
+
 def test_eval_set_is_grouped_by_canvas_with_fillers_of_its_canvas(aspect_ratio_dir):
     split = load_coco_folder(aspect_ratio_dir, "validation")
     canvases = choose_canvases(load_coco_folder(aspect_ratio_dir, "train").image_sizes(), 64, 3)
@@ -145,6 +193,32 @@ def test_eval_set_is_grouped_by_canvas_with_fillers_of_its_canvas(aspect_ratio_d
     assert set(shapes) == {(64, 32), (64, 64), (32, 64)}
     indices = sorted(int(padded[i]["image_index"]) for i in range(len(padded)) if padded[i]["image_index"] >= 0)
     assert indices == list(range(len(dataset)))
+
+
+def test_augmented_crops_are_shrunk_into_their_canvas_and_groups_collate_to_it(aspect_ratio_dir):
+    """A crop of another shape than its image, fitted at the square's scale, would overflow a landscape or portrait
+    canvas: the dataset shrinks it to fit, so every sample stays inside its canvas and a canvas's images collated
+    together are padded to that canvas. Some samples must be shrunk (long side < image_size), or no crop overflowed
+    and this proves nothing."""
+    split = load_coco_folder(aspect_ratio_dir, "train")
+    canvases = choose_canvases(split.image_sizes(), 64, 3)
+    assert canvases == [(64, 32), (64, 64), (32, 64)]
+    torch.manual_seed(0)  # augmentation draws its seeds from torch's generator
+    dataset = DetectionDataset(split, ClassMapping.from_categories(split.coco["categories"]).category_to_label, 64,
+                               train_augmentation(), canvases)
+    samples = [dataset[i] for i in range(len(dataset))]
+    shrunk = 0
+    for (width, height), canvas, sample in zip(split.image_sizes(), dataset.canvas_of, samples, strict=True):
+        canvas_height, canvas_width = canvases[canvas]
+        sample_height, sample_width = sample["pixel_values"].shape[1:]
+        assert sample_height <= canvas_height and sample_width <= canvas_width
+        # un-augmented, the image keeps the square's scale (long side 64); a shrunk crop's long side is shorter
+        shrunk += max(sample_height, sample_width) < max(fitted_size(width, height, canvases[canvas]))
+    assert shrunk > 0
+    collator = DetectionCollator(canvases=canvases)
+    for k, canvas in enumerate(canvases):
+        group = [sample for sample, of in zip(samples, dataset.canvas_of, strict=True) if of == k]
+        assert collator(group)["pixel_values"].shape[2:] == canvas
 
 
 def test_canvases_are_saved_with_the_processor_and_read_back(tmp_path):
