@@ -222,12 +222,27 @@ def test_empty_split_is_refused(data_dir):
     assert "the split has no images" in refusal(data_dir)
 
 
-@pytest.mark.parametrize("key", ["images", "annotations"])
-def test_duplicate_ids_are_refused(data_dir, key):
+@pytest.mark.parametrize(("key", "first", "second"), [("images", 2, 5), ("annotations", 2, 5), ("categories", 0, 2)])
+def test_duplicate_ids_are_refused(data_dir, key, first, second):
     coco = read_json(data_dir)
-    coco[key][5]["id"] = coco[key][2]["id"]
+    coco[key][second]["id"] = coco[key][first]["id"]
     write_json(data_dir, coco)
-    assert f"1 {key} ids are used more than once: {coco[key][2]['id']}" in refusal(data_dir)
+    assert f"1 {key} ids are used more than once: {coco[key][first]['id']}" in refusal(data_dir)
+
+
+def test_problems_of_different_kinds_are_refused_in_one_message(data_dir):
+    """The user fixes everything in one go: a repeated id, an unknown category and a missing image file, all named in
+    the one refusal."""
+    coco = read_json(data_dir)
+    coco["annotations"][5]["id"] = coco["annotations"][2]["id"]
+    coco["annotations"][4]["category_id"] = 9
+    (data_dir / "images" / coco["images"][7]["file_name"]).unlink()
+    write_json(data_dir, coco)
+    message = refusal(data_dir)
+    assert "3 problem(s) with no safe automatic fix" in message
+    assert f"1 annotations ids are used more than once: {coco['annotations'][2]['id']}" in message
+    assert f"category id outside [1, 2, 3] (ids 9): annotation ids {coco['annotations'][4]['id']}" in message
+    assert f"1 image files are missing: {data_dir / 'images' / coco['images'][7]['file_name']}" in message
 
 
 @pytest.mark.parametrize(("corrupt", "expected"), [
@@ -237,6 +252,8 @@ def test_duplicate_ids_are_refused(data_dir, key):
     (lambda coco: coco["annotations"][0].update(bbox=[1, 2, 3]), "annotations[0] (id 1): 'bbox' must be 4 numbers"),
     (lambda coco: coco["annotations"][0].update(category_id=True), "'category_id' must be int, got True"),
     (lambda coco: coco["categories"].append("dog"), "categories[3] is a str, not an object"),
+    (lambda coco: coco["images"][3].update(width=0), "images[3] (id 4): width and height must be positive, got 0x64"),
+    (lambda coco: coco["images"][3].update(height=0), "images[3] (id 4): width and height must be positive, got 64x0"),
 ])
 def test_malformed_json_is_refused_naming_entry_and_key(data_dir, corrupt, expected):
     coco = read_json(data_dir)
@@ -358,6 +375,24 @@ def test_annotation_json_with_trailing_garbage_is_refused_naming_file_and_positi
     assert f"{path}: trailing data after the JSON object at line 2 column 1 (character {len(text) + 1})" in message
 
 
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "no {path}: --dataset_dir must hold images/ and annotations/<split>.json (COCO: images, annotations, "
+           "categories); annotations/ holds ['validation.json']"),
+    (b"{", "{path}: not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2 "
+           "(character 1)"),
+    (b"\xff", "{path}: not UTF-8 text (byte 0)"),
+], ids=["missing", "broken", "not utf-8"])
+def test_annotation_json_missing_or_unparsable_is_refused_naming_file_and_problem(data_dir, content, expected):
+    """A COCO folder whose train json is absent or cannot be read is refused with the path and what is wrong, not a
+    traceback."""
+    path = data_dir / "annotations" / "train.json"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_bytes(content)
+    assert expected.format(path=path) in split_refusal(data_dir)
+
+
 def test_crowd_annotations_are_kept_for_map_left_out_of_training_and_counted(data_dir, caplog):
     coco = read_json(data_dir)
     crowd = coco["annotations"][0]
@@ -402,8 +437,12 @@ def test_validation_json_under_another_name_is_named_not_ignored(data_dir, name)
     assert len(validated_splits(DataArguments(dataset_dir=str(data_dir), eval_split=name))[1].coco["images"]) == 4
 
 
-def test_train_split_without_annotations_is_refused(data_dir):
-    write_json(data_dir, {**read_json(data_dir), "annotations": []})
+@pytest.mark.parametrize("kept", ["none", "only crowd"])
+def test_train_split_without_annotations_is_refused(data_dir, kept):
+    """Crowd regions are left out of the training targets, so a train split of nothing else has nothing to learn."""
+    coco = read_json(data_dir)
+    annotations = [] if kept == "none" else [{**ann, "iscrowd": 1} for ann in coco["annotations"]]
+    write_json(data_dir, {**coco, "annotations": annotations})
     message = split_refusal(data_dir)
     assert f"{data_dir / 'annotations' / 'train.json'}: the train split has no annotations" in message
     assert "nothing to learn" in message
@@ -444,6 +483,31 @@ def test_file_names_leaving_the_images_folder_are_refused_unless_allowed(data_di
     assert "--allow_external_images" in message
     train, _ = validated_splits(DataArguments(dataset_dir=str(data_dir), allow_external_images=True))
     assert [image["file_name"] for image in train.coco["images"][:2]] == [outside["file_name"], absolute["file_name"]]
+
+
+def test_file_names_leaving_the_images_folder_are_refused_before_any_is_opened(data_dir, tmp_path, monkeypatch):
+    """The refusal comes before the images are read: a readable image outside images/ (beside it, or anywhere through
+    an absolute path) is never passed to Image.open, though it would open fine."""
+    coco = read_json(data_dir)
+    beside, elsewhere = coco["images"][0], coco["images"][1]
+    shutil.move(data_dir / "images" / beside["file_name"], data_dir / beside["file_name"])
+    shutil.move(data_dir / "images" / elsewhere["file_name"], tmp_path / elsewhere["file_name"])
+    beside["file_name"] = f"../{beside['file_name']}"
+    elsewhere["file_name"] = str(tmp_path / elsewhere["file_name"])
+    write_json(data_dir, coco)
+    opened, image_open = [], Image.open
+
+    def recorded_open(fp, *args, **kwargs):
+        if isinstance(fp, str | os.PathLike):
+            opened.append(Path(fp).resolve())
+        return image_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", recorded_open)  # what FolderImages calls
+    assert "2 images have a file_name outside the images folder" in split_refusal(data_dir)
+    images = (data_dir / "images").resolve()
+    assert [path for path in opened if not path.is_relative_to(images)] == []
+    validated_splits(DataArguments(dataset_dir=str(data_dir), allow_external_images=True))
+    assert {(data_dir / "images" / beside["file_name"]).resolve(), Path(elsewhere["file_name"])} <= set(opened)
 
 
 def test_hub_dataset_offline_says_what_to_do_instead_at_once(tmp_path):
