@@ -485,6 +485,21 @@ def test_file_names_leaving_the_images_folder_are_refused_unless_allowed(data_di
     assert [image["file_name"] for image in train.coco["images"][:2]] == [outside["file_name"], absolute["file_name"]]
 
 
+def test_a_file_name_leaving_the_images_folder_is_refused_with_the_splits_other_problems(data_dir):
+    """One message lists every problem of the split: an image outside images/ (refused before any image is opened)
+    used to be refused on its own, hiding a repeated id and an unknown category that need no image opened."""
+    coco = read_json(data_dir)
+    coco["images"][0]["file_name"] = f"../{coco['images'][0]['file_name']}"
+    coco["annotations"][5]["id"] = coco["annotations"][2]["id"]
+    coco["annotations"][4]["category_id"] = 9
+    write_json(data_dir, coco)
+    message = refusal(data_dir)
+    assert "3 problem(s) with no safe automatic fix" in message
+    assert "1 images have a file_name outside the images folder" in message
+    assert f"1 annotations ids are used more than once: {coco['annotations'][2]['id']}" in message
+    assert "category id outside [1, 2, 3] (ids 9)" in message
+
+
 def test_file_names_leaving_the_images_folder_are_refused_before_any_is_opened(data_dir, tmp_path, monkeypatch):
     """The refusal comes before the images are read: a readable image outside images/ (beside it, or anywhere through
     an absolute path) is never passed to Image.open, though it would open fine."""

@@ -235,8 +235,9 @@ def validate_split(split: CocoSplit, category_ids: Collection[int] | None = None
     check_schema(split.coco, where)
     if category_ids is None:
         category_ids = {category["id"] for category in split.coco["categories"]}
-    refuse_if([] if allow_external_images else external_image_problems(split.coco), where)
-    refuse_if(reference_problems(split.coco, category_ids) + image_problems(split, where), where)
+    external = [] if allow_external_images else external_image_problems(split.coco)
+    opened = [] if external else image_problems(split, where)  # no image is opened while one is outside images/
+    refuse_if(external + reference_problems(split.coco, category_ids) + opened, where)
     annotations = fix_boxes(split.coco, where)
     crowd = [ann["id"] for ann in annotations if is_crowd(ann)]
     if crowd:
