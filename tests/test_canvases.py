@@ -96,6 +96,18 @@ def batches_of(sampler: CanvasGroupedSampler, batch_size: int) -> list[list[int]
     return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
 
 
+def test_collator_pads_a_batch_to_the_canvas_its_samples_were_fitted_to():
+    """A shrunk augmented crop of 32 x 25 on the landscape canvas fits the smaller portrait one: the batch keeps the
+    canvas its samples name (the sampler's); samples naming none get the smallest canvas holding them."""
+    collator = DetectionCollator(canvases=[(64, 32), (64, 64), (32, 64)])
+    crop = {"pixel_values": torch.ones(3, 32, 25), "class_labels": torch.zeros(0, dtype=torch.int64),
+            "boxes": torch.zeros(0, 4), "image_index": torch.tensor(0)}
+
+    assert collator([{**crop, "canvas": torch.tensor([32, 64])}])["pixel_values"].shape == (1, 3, 32, 64)
+    assert collator([crop])["pixel_values"].shape == (1, 3, 64, 32)
+    assert DetectionCollator()([{**crop, "canvas": torch.tensor([32, 64])}])["pixel_values"].shape == (1, 3, 32, 25)
+
+
 def test_sampler_batches_stay_on_one_canvas_on_every_process_and_repeat_per_epoch():
     canvas_of = np.array([0] * 13 + [1] * 9 + [2] * 6)  # (28,)
     batch_size, processes = 2, 2
@@ -203,7 +215,7 @@ def test_augmented_crops_are_shrunk_into_their_canvas_and_groups_collate_to_it(a
     split = load_coco_folder(aspect_ratio_dir, "train")
     canvases = choose_canvases(split.image_sizes(), 64, 3)
     assert canvases == [(64, 32), (64, 64), (32, 64)]
-    torch.manual_seed(0)  # augmentation draws its seeds from torch's generator
+    torch.manual_seed(3)  # augmentation draws its seeds from torch's generator; 3: some crops fit a smaller canvas
     dataset = DetectionDataset(split, ClassMapping.from_categories(split.coco["categories"]).category_to_label, 64,
                                train_augmentation(), canvases)
     samples = [dataset[i] for i in range(len(dataset))]
@@ -219,6 +231,10 @@ def test_augmented_crops_are_shrunk_into_their_canvas_and_groups_collate_to_it(a
     for k, canvas in enumerate(canvases):
         group = [sample for sample, of in zip(samples, dataset.canvas_of, strict=True) if of == k]
         assert collator(group)["pixel_values"].shape[2:] == canvas
+    # alone too (one image per process): a crop that a smaller canvas would hold still gets its own canvas, so
+    # every process of a step trains on the canvas the sampler drew
+    assert [tuple(collator([sample])["pixel_values"].shape[2:]) for sample in samples] == [
+        canvases[k] for k in dataset.canvas_of]
 
 
 def test_canvases_are_saved_with_the_processor_and_read_back(tmp_path):

@@ -133,8 +133,10 @@ class DetectionDataset(torch.utils.data.Dataset):
             labels = np.asarray(out["labels"], np.int64)  # (n',)
         size = np.array([image.width, image.height], np.float32)  # (2,)
         centers = (boxes[:, :2] + boxes[:, 2:] / 2) / size  # (n, 2)
+        canvas = self.canvases[self.canvas_of[i]]
         return {
-            "pixel_values": self.preprocessing.pixels(image, self.canvases[self.canvas_of[i]]),  # (3, h, w)
+            "pixel_values": self.preprocessing.pixels(image, canvas),  # (3, h, w)
+            "canvas": torch.tensor(canvas),  # (2,) H, W: what the collator pads to
             "class_labels": torch.from_numpy(labels),  # (n,)
             "boxes": torch.from_numpy(np.concatenate([centers, boxes[:, 2:] / size], axis=1)),  # (n, 4)
             "image_index": torch.tensor(i),
@@ -166,6 +168,7 @@ class PaddedToMultiple(torch.utils.data.Dataset):
         height, width = self.dataset.canvases[canvas]
         return {
             "pixel_values": torch.zeros(3, height, width),  # (3, H, W)
+            "canvas": torch.tensor([height, width]),  # (2,)
             "class_labels": torch.zeros(0, dtype=torch.int64),  # (0,)
             "boxes": torch.zeros(0, 4),  # (0, 4)
             "image_index": torch.tensor(-1),

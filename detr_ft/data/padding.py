@@ -1,8 +1,10 @@
 """Batching with static shapes: images padded to one canvas, targets padded to a few bucket sizes.
 
-Images: padded bottom/right with zeros to the smallest canvas holding the batch's images (`pad_images`: the
-image_size x image_size square, or the aspect-ratio canvases of `detr_ft.data.canvases`) or to the batch's largest
-image (stock behaviour); `pixel_mask` marks real pixels.
+Images: padded bottom/right with zeros to the canvas the batch's samples were fitted to (`pad_images`: the
+image_size x image_size square, or the aspect-ratio canvases of `detr_ft.data.canvases`), else the smallest canvas
+holding them, or to the batch's largest image (stock behaviour); `pixel_mask` marks real pixels. The samples' own
+canvas decides, not their size: a shrunk augmented crop may fit a smaller canvas, and with one image per process
+the processes of a step would then train on different canvases than the one the sampler drew.
 
 Targets: with buckets, a batch's targets are padded to T = the smallest bucket holding its fullest image and
 returned as one dense dict (class_labels (B, T), boxes (B, T, 4), valid (B, T)); valid objects come first,
@@ -39,13 +41,14 @@ def compute_bucket_sizes(object_counts: np.ndarray, num_buckets: int) -> list[in
 class DetectionCollator:
     """Collate samples of `DetectionDataset` into the model's batch dict.
 
-    Images go to the square `image_size` canvas, or the smallest of `canvases` (H, W) holding them all; neither
-    given: the batch's largest image."""
+    Images go to the square `image_size` canvas, or to one of `canvases` (H, W): the one the samples name
+    (`canvas`), else the smallest holding them all; neither given: the batch's largest image."""
 
     def __init__(self, image_size: int | None = None, bucket_sizes: list[int] | None = None,
                  canvases: list[Canvas] | None = None):
         square = [(image_size, image_size)] if image_size else None
-        self.canvases = sorted(canvases or square or [], key=lambda canvas: canvas[0] * canvas[1]) or None
+        self.canvases = sorted((tuple(canvas) for canvas in canvases or square or []),
+                               key=lambda canvas: canvas[0] * canvas[1]) or None  # tuples: a json gives lists
         self.bucket_sizes = sorted(bucket_sizes) if bucket_sizes else None
         self.overflow_warned = False
         self.canvas_overflow_warned = False
@@ -56,13 +59,23 @@ class DetectionCollator:
     def pad_images(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         heights = [s["pixel_values"].shape[1] for s in samples]
         widths = [s["pixel_values"].shape[2] for s in samples]
-        height, width = self.canvas_for(max(heights), max(widths))
+        height, width = self.batch_canvas(samples, max(heights), max(widths))
         pixel_values = torch.zeros(len(samples), 3, height, width)  # (B, 3, H, W)
         pixel_mask = torch.zeros(len(samples), height, width, dtype=torch.int64)  # (B, H, W)
         for i, (sample, h, w) in enumerate(zip(samples, heights, widths, strict=True)):
             pixel_values[i, :, :h, :w] = sample["pixel_values"]
             pixel_mask[i, :h, :w] = 1
         return {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+
+    def batch_canvas(self, samples: list[dict[str, torch.Tensor]], height: int, width: int) -> Canvas:
+        """The one canvas of ours that the samples were fitted to, if they name one that holds them; else
+        `canvas_for` the batch's largest height and width."""
+        named = {tuple(sample["canvas"].tolist()) for sample in samples if "canvas" in sample}
+        if self.canvases is not None and len(named) == 1:
+            (canvas,) = named
+            if canvas in self.canvases and height <= canvas[0] and width <= canvas[1]:
+                return canvas
+        return self.canvas_for(height, width)
 
     def canvas_for(self, height: int, width: int) -> Canvas:
         """The smallest canvas holding a height x width image; without canvases (or when none holds it, with a
