@@ -8,25 +8,17 @@ names and their order are accelerate's (`accelerate.utils.environment.get_cpu_di
 
 from __future__ import annotations
 
-import os
+from accelerate.utils import get_int_from_env
 
 RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
-def first_set(names: tuple[str, ...], default: int) -> int:
-    """The value of the first of the environment variables `names` that is set, else `default`."""
-    for name in names:
-        if os.environ.get(name):
-            return int(os.environ[name])
-    return default
-
-
 def launched_rank() -> int:
     """This process's rank in its launch; 0 without a launcher."""
-    return first_set(RANK_VARIABLES, 0)
+    return get_int_from_env(RANK_VARIABLES, 0)
 
 
 def launched_processes() -> int:
     """How many processes the launcher started; 1 without a launcher."""
-    return first_set(WORLD_SIZE_VARIABLES, 1)
+    return get_int_from_env(WORLD_SIZE_VARIABLES, 1)
