@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from accelerate.utils import send_to_device
 from transformers import HfArgumentParser
 from transformers.loss.loss_for_object_detection import HungarianMatcher
 
@@ -143,17 +144,6 @@ def padded_pixel_fraction(batches: list[dict]) -> float:
     return 1.0 - sum(int(b["pixel_mask"].sum()) for b in batches) / sum(b["pixel_mask"].numel() for b in batches)
 
 
-def to_device(batch: dict, device: str) -> dict:
-    """`batch` with its tensors (the stock labels' per-image dicts' too) on `device`."""
-    def move(value):
-        if isinstance(value, torch.Tensor):
-            return value.to(device)
-        if isinstance(value, list):
-            return [move(item) for item in value]
-        return {key: move(item) for key, item in value.items()} if isinstance(value, dict) else value
-    return move(batch)
-
-
 def wait_for(device: str) -> None:
     """Until the work queued on `device` has run (nothing to wait for on the CPU)."""
     if device != "cpu":
@@ -172,7 +162,7 @@ def eager_epoch(workload: Workload, every: int, chunks: int, paths: tuple[str, .
         model = build_model(workload, path).to(device)
         optimizer = default_optimizer(model)
         batches = make_batches(workload, path, samples)
-        timed = [to_device(batch, device) for batch in batches[::every]]
+        timed = [send_to_device(batch, device) for batch in batches[::every]]
         for batch in {tuple(b["pixel_values"].shape): b for b in timed}.values():
             train_step(model, optimizer, batch)  # first-use costs of each timed shape (allocator, kernels)
         runs[path] = (model, optimizer, batches, timed)
