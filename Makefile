@@ -62,11 +62,11 @@ bench: $(VENV)/.installed $(GAUDI_VENV)/.installed
 bench-canvas: $(VENV)/.installed
 	$(PY) -m bench.run_bench --only canvas --output bench/results_canvas.json $(BENCH_ARGS)
 
-# Fine-tune facebook/detr-resnet-50 on CPPE-5 (needs the hub), with the recommended static shapes.
+# Fine-tune facebook/detr-resnet-50 on CPPE-5 (needs the hub) with a recipe of recipes/ (static shapes);
+# ARGS: more flags, overriding the recipe's (e.g. ARGS="--dataset_dir data/cppe5" after `make cppe5`).
+RECIPE ?= recipes/cppe5-r50.json
 train: $(VENV)/.installed
-	$(PY) run_object_detection.py --output_dir $(OUTDIR) --dataset_name cppe-5 \
-		--pad_images --image_size 800 --image_buckets 3 --pad_objects --num_buckets 1 \
-		--num_train_epochs 100 --ckpt_store_interval_epochs 10 $(ARGS)
+	$(PY) run_object_detection.py $(RECIPE) --output_dir $(OUTDIR) $(ARGS)
 
 # mAP of every complete checkpoint of OUTDIR on the run's eval split (ARGS="--split test", ARGS=--redo):
 # checkpoint_metrics.csv/.json (best checkpoint named) and map_vs_epoch.png, written into OUTDIR.

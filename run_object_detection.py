@@ -1,70 +1,56 @@
 #!/usr/bin/env python
 """Fine-tune DETR on CPPE-5 or any COCO-format folder, with static shapes on HPU, CUDA or CPU.
 
+    python run_object_detection.py recipes/demo-tiny.json --output_dir outputs/demo
     python run_object_detection.py --dataset_dir data/synthetic --model_name_or_path detr-tiny \\
         --pad_images --image_size 64 --pad_objects --num_buckets 1 --output_dir outputs/demo
 
-mAP is evaluated at every checkpoint interval (`--ckpt_store_interval_epochs`) into eval_history.json.
+mAP is evaluated at every checkpoint interval (`--ckpt_store_interval_epochs`) into eval_history.json; a test split,
+when the dataset has one, is scored once by the final model (test_results.json). Exit codes: 0 done, 2 refused flags
+or data, 3 a non-finite loss, 4 a failed write.
 """
 
-import contextlib
 import logging
 import sys
 
+from detr_ft.config import FlagError, RunArguments, device_arguments, parse_arguments
 from detr_ft.console import setup_logging
-from detr_ft.train.arguments import device_arguments, parse_arguments, user_set_flags
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings
-from detr_ft.train.flag_checks import FlagError, check_flags, static_shape_defaults
-
-# TrainingArguments a run's checkpoints depend on, saved into run_args.json beside our own flags.
-RUN_TRAINING_ARGUMENTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                          "learning_rate", "weight_decay", "optim")
+from detr_ft.train.flag_checks import check_flags, static_shape_defaults
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     setup_logging()
-    try:  # before TrainingArguments are built: building them fixes HPU lazy or eager mode (`device_arguments`)
-        device_type = check_device_settings(device_arguments(argv))
-    except DeviceSettingsError as error:
-        logging.error("%s", error)
-        return 2
-    model_args, data_args, shape_args, device_args, training_args = parse_arguments(argv)
-    user_set = user_set_flags(argv)
     try:
-        check_flags(model_args, data_args, shape_args, device_args, training_args, user_set)
-    except FlagError as error:
+        # Before TrainingArguments exist: building them fixes HPU lazy or eager mode (`config.device_arguments`).
+        device_type = check_device_settings(device_arguments(argv))
+        args = parse_arguments(argv)
+        check_flags(args)
+    except (FlagError, DeviceSettingsError) as error:
         logging.error("%s", error)
         return 2
-    static_shape_defaults(shape_args, device_args, training_args, user_set)
+    static_shape_defaults(args)
     # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
     from detr_ft.model.build import trained_from_scratch
     from detr_ft.model.presets import default_image_size
-    from detr_ft.run_files import flat_run_arguments
     from detr_ft.train.run_folder import RunFolderError, check_same_run, lock_run_folder
 
-    data_args.image_size = data_args.image_size or default_image_size(model_args.model_name_or_path)
-    training_values = training_args.to_dict()  # enums (--optim) as their values
-    run_arguments = flat_run_arguments(
-        model_args, data_args, shape_args, device_args,
-        **{name: training_values[name] for name in RUN_TRAINING_ARGUMENTS},
-        from_scratch=trained_from_scratch(model_args.model_name_or_path),
-    )
+    args.data.image_size = args.data.image_size or default_image_size(args.model.model_name_or_path)
+    run_arguments = args.saved(from_scratch=trained_from_scratch(args.model.model_name_or_path))
     try:  # before anything is written into the folder
-        lock = lock_run_folder(training_args.output_dir)
-        check_same_run(training_args.output_dir, run_arguments, training_args.overwrite_output_dir)
+        lock = lock_run_folder(args.training.output_dir)
+        check_same_run(args.training.output_dir, run_arguments, args.training.overwrite_output_dir)
     except RunFolderError as error:
         logging.error("%s", error)
         return 2
     try:
-        return train(device_type, run_arguments, model_args, data_args, shape_args, device_args, training_args)
+        return train(device_type, args, run_arguments)
     finally:
         if lock is not None:
             lock.close()
 
 
-def train(device_type: str, run_arguments: dict, model_args, data_args, shape_args, device_args,
-          training_args) -> int:
+def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
     """Everything after the flags are checked and the run folder is held."""
     from transformers import set_seed
 
@@ -72,117 +58,87 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     from detr_ft.data.images import Preprocessing
     from detr_ft.data.prepare import prepare_data, warn_queries_overflow
     from detr_ft.data.sources import DatasetError
-    from detr_ft.evaluation.loop import (
-        EVAL_IGNORE_KEYS,
-        CocoMetrics,
-        gather_image_index_as_labels,
-        preprocess_logits_for_metrics,
-    )
+    from detr_ft.evaluation.loop import CocoMetrics, evaluate_split, preprocess_logits_for_metrics
+    from detr_ft.evaluation.model_card import write_model_card
     from detr_ft.evaluation.report import format_map_table
     from detr_ft.launcher import launched_rank
     from detr_ft.model.build import build_model
-    from detr_ft.model.device_matcher import DeviceMatcher, choose_matcher
-    from detr_ft.model.static_shapes import use_static_shape_loss
+    from detr_ft.model.criterion import build_criterion
     from detr_ft.run_files import save_run_arguments
-    from detr_ft.train.arguments import finalize_training_arguments
     from detr_ft.train.checkpoints import CheckpointCompleteCallback, describe_write_failure, resume_checkpoint
     from detr_ft.train.ddp_buffers import BroadcastBuffersBeforeEvaluation
-    from detr_ft.train.devices import build_trainer, compile_each_image_shape_once, training_arguments
+    from detr_ft.train.devices import compile_settings
     from detr_ft.train.flag_checks import check_batch_fits
     from detr_ft.train.map_history import MapHistoryCallback, read_history
     from detr_ft.train.nonfinite_guard import NonFiniteLossError, NonFiniteLossGuard
-    from detr_ft.train.optimizer import (
-        build_optimizer,
-        describe_optimizer,
-        describe_training,
-        optimizer_class_and_kwargs,
-    )
+    from detr_ft.train.optimizer import run_optimizer
     from detr_ft.train.run_summary import RunSummaryCallback, precision_name
+    from detr_ft.train.trainer import build_trainer
+    from detr_ft.train.training_arguments import training_arguments
     from patches import apply_patches, apply_trainer_patches
 
+    model_args, data_args, shapes, training = args.model, args.data, args.shapes, args.training
     # Before the model is built: torch seeds itself randomly per process, so an unseeded init differs run to run.
-    set_seed(training_args.seed, deterministic=shape_args.deterministic or training_args.full_determinism)
+    set_seed(training.seed, deterministic=shapes.deterministic or training.full_determinism)
     try:
-        data = prepare_data(data_args, shape_args)
-    except DatasetError as error:
-        logging.error("%s", error)
-        return 2
-    try:
-        check_batch_fits(data.images_per_canvas(), training_args)
+        data = prepare_data(data_args, shapes)
+        check_batch_fits(data.images_per_canvas(), training)
         model = build_model(model_args.model_name_or_path, data.classes.id2label, model_args.model_revision,
                             model_args.freeze_backbone)
-    except (FlagError, OSError) as error:  # OSError: a model the hub or the disk cannot give
+    except (DatasetError, FlagError, OSError) as error:  # OSError: a model the hub or the disk cannot give
         logging.error("%s", error)
         return 2
     if launched_rank() == 0:  # one writer per launch, as for the run folder's lock
-        save_run_arguments(training_args.output_dir, run_arguments)
-    # The canvases ride along in the saved processor, so evaluation and inference pad as training did.
-    preprocessing = Preprocessing(data_args.image_size, shape_args.pad_images,
-                                  tuple(data.canvases) if shape_args.image_buckets > 1 else ())
+        save_run_arguments(training.output_dir, run_arguments)
     warn_queries_overflow(data, model.config.num_queries)
-    matcher = choose_matcher(shape_args.matcher, device_type, shape_args.matcher_steps) if data.bucket_sizes else None
-    if matcher is not None:
-        use_static_shape_loss(model, matcher)
-    callbacks = [MapHistoryCallback(training_args.output_dir), CheckpointCompleteCallback(),
-                 BroadcastBuffersBeforeEvaluation()]
-    guard = None
-    if shape_args.check_finite_loss:
-        guard = NonFiniteLossGuard(training_args.output_dir, shape_args.skip_nonfinite_batches, data.train_image_names)
-        guard.install(model)
-        callbacks.append(guard)  # before RunSummaryCallback: its host-sync count includes the guard's read
-    training_args = finalize_training_arguments(training_args, shape_args, data.images_per_canvas())
-    training_args = training_arguments(device_type, device_args, training_args)
-    model.to(training_args.device)  # on Gaudi after adapt_transformers_to_gaudi(), which the device set-up runs
+    training = training_arguments(device_type, args, data.images_per_canvas())  # on Gaudi: adapts transformers
+    model.to(training.device)
     from_scratch = run_arguments["from_scratch"]
     apply_patches(model, static_shapes=bool(data.bucket_sizes),
                   train_backbone_stages=not from_scratch and not model_args.freeze_backbone,
-                  cpu_position_embedding=device_args.cpu_position_embedding)
-    # After the patches (they choose the trainable parameters) and with the model on its device.
-    backbone_lr = model_args.backbone_lr
-    if backbone_lr is None:
-        backbone_lr = training_args.learning_rate if from_scratch else 1e-5
-    optimizer_class, optimizer_kwargs = optimizer_class_and_kwargs(training_args)
-    optimizer = build_optimizer(model, training_args.learning_rate, backbone_lr, training_args.weight_decay,
-                                optimizer_class, optimizer_kwargs)
-    logging.getLogger("detr_ft").info("what trains, stepped by %s:\n  %s",
-                                      describe_optimizer(optimizer_class, optimizer_kwargs),
-                                      "\n  ".join(describe_training(model, optimizer)))
-    eval_multiple = training_args.per_device_eval_batch_size * training_args.world_size
-    run_summary = RunSummaryCallback(training_args.output_dir, device_type, data.bucket_sizes, data_args.image_size,
-                                     precision_name(training_args), data.canvases, data.padded_pixel_fraction)
+                  cpu_position_embedding=args.device.cpu_position_embedding)
+    run_summary = RunSummaryCallback(training.output_dir, device_type, data.bucket_sizes, data_args.image_size,
+                                     precision_name(training), data.canvases, data.padded_pixel_fraction,
+                                     shapes.audit_host_syncs)
+    preprocessing = Preprocessing(data_args.image_size, shapes.pad_images,
+                                  tuple(data.canvases) if shapes.image_buckets > 1 else ())
     trainer = build_trainer(
-        device_args, training_args,
+        args.device, training,
         model=model,
+        criterion=build_criterion(model, padded_targets=bool(data.bucket_sizes)),
+        finite_guard=NonFiniteLossGuard(training.output_dir, shapes.skip_nonfinite_batches, data.train_image_names)
+        if shapes.check_finite_loss else None,
+        train_sampler=data.train_sampler(training.per_device_train_batch_size * training.world_size,
+                                         training.seed if training.data_seed is None else training.data_seed,
+                                         training.gradient_accumulation_steps),
         train_dataset=data.train,
-        eval_dataset=PaddedToMultiple(data.eval, eval_multiple),
+        eval_dataset=PaddedToMultiple(data.eval, training.per_device_eval_batch_size * training.world_size),
         data_collator=data.collator(),
+        # The canvases ride along in the saved processor, so evaluation and inference pad as training did.
         processing_class=preprocessing.image_processor(),
         compute_metrics=CocoMetrics(data.eval_split, data.eval_classes),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        optimizers=(optimizer, None),
-        callbacks=[*callbacks, run_summary],
-        train_sampler=data.train_sampler(training_args.per_device_train_batch_size * training_args.world_size,
-                                         training_args.seed if training_args.data_seed is None
-                                         else training_args.data_seed,
-                                         training_args.gradient_accumulation_steps),
+        optimizers=(run_optimizer(model, model_args, training, from_scratch), None),
+        callbacks=[MapHistoryCallback(training.output_dir), CheckpointCompleteCallback(),
+                   BroadcastBuffersBeforeEvaluation(), run_summary],
     )
-    if guard is not None and isinstance(matcher, DeviceMatcher) and matcher.steps:
-        guard.carry_matcher_flags(matcher, trainer)  # the matcher's "unfinished" flag rides on the guard's read
-        run_summary.counters["matcher_steps_redone_on_host"] = lambda: guard.redone_steps
     apply_trainer_patches(trainer)
-    gather_image_index_as_labels(trainer)
-    compile_settings = (compile_each_image_shape_once(len(data.canvases))
-                        if training_args.torch_compile and data.canvases else contextlib.nullcontext())
+    test_metrics = None
     try:
-        with run_summary.host_sync_audit(), compile_settings:  # the audit's torch modes end with training, raise or not
-            trainer.train(resume_from_checkpoint=resume_checkpoint(training_args),
-                          ignore_keys_for_eval=EVAL_IGNORE_KEYS)
+        with run_summary.host_sync_audit(), compile_settings(training, data.canvases):
+            trainer.train(resume_from_checkpoint=resume_checkpoint(training))
         trainer.save_model()
+        if data.test is not None:
+            test_metrics = evaluate_split(trainer, data.test, data.test_classes, "test")
+            trainer.save_metrics("test", test_metrics)
+        if trainer.is_world_process_zero():
+            write_model_card(training.output_dir, run_arguments, list(data.classes.names),
+                             read_history(training.output_dir), test_metrics)
     except NonFiniteLossError as error:
         logging.error("%s", error)
         return 3
     except (OSError, RuntimeError) as error:
-        message = describe_write_failure(error, training_args.output_dir)
+        message = describe_write_failure(error, training.output_dir)
         if message is None:
             raise
         logging.error("%s", message)
@@ -194,7 +150,7 @@ def train(device_type: str, run_arguments: dict, model_args, data_args, shape_ar
     # the others.
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
-    print(format_map_table(read_history(training_args.output_dir)))
+    print(format_map_table(read_history(training.output_dir)))
     return 0
 
 

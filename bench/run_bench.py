@@ -18,10 +18,8 @@ Measures (medians of interleaved repeats where timed):
 - matcher_ms_per_step: transformers' HungarianMatcher once per decoder layer (as its loss calls it) against our
   `hungarian_match` of all layers at once, on the same model outputs;
 - map_eval_s: pycocotools against our `coco_map` (bench/map_eval.py);
-- device_matcher: ms per step of scipy (`host_assignment`) against the device matcher, eager and with its search
-  step compiled, on the same costs at DETR-R50 shapes (6 decoder layers, batch 8, 100 queries, 60 target slots).
-- matcher_step: ms of a training step (forward without labels, loss from its outputs, backward) per matcher at the
-  same shapes (the workload's model, 8 images, targets padded to 60 slots), with each step's loss and host reads.
+- matcher_step: ms of a training step (forward without labels, criterion on its outputs, backward) at DETR-R50's
+  matching shapes (the workload's model, 8 images, targets padded to 60 slots), with its loss and host reads.
 
 `--only canvas` (`make bench-canvas`) measures only the canvas part (compile warm-up, eager epoch and loader of the
 four image paths: a few minutes on 2 cores) and prints only its table. `--quick` is a smoke run of every measure at
@@ -31,7 +29,6 @@ toy sizes (a smaller transformer, fewer steps, 200 images for mAP): its counts a
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import resource
@@ -51,23 +48,20 @@ from transformers.loss.loss_for_object_detection import HungarianMatcher
 
 from bench.compile_warmup import compile_warmup_isolated
 from bench.map_eval import compare_map_evaluation
-from bench.training_step import forward_and_loss, outputs_loss
+from bench.training_step import forward_and_loss
 from bench.workload import (
     CANVAS_PATHS,
-    MEDIAN_OBJECTS,
-    NUM_LABELS,
     PATHS,
     Workload,
     build_model,
     default_optimizer,
     make_batches,
     make_samples,
+    step_loss,
     train_step,
 )
 from detr_ft.data.padding import DetectionCollator
-from detr_ft.model.device_matcher import DeviceMatcher, solve, worst_case_steps
-from detr_ft.model.matcher import host_assignment, hungarian_match, matching_costs
-from detr_ft.model.pure_forward import pure_forward
+from detr_ft.model.matcher import hungarian_match
 from detr_ft.train.sync_audit import HostSyncCounter
 
 MAX_MAP_DIFF = 1e-4
@@ -125,7 +119,7 @@ def syncs_per_step(workload: Workload, steps: int) -> dict[str, dict]:
         batches = make_batches(workload, path, samples)[:steps]  # before the counter: the data loader's tensors
         with HostSyncCounter() as counter:
             for batch in batches:
-                model(**batch).loss.backward()
+                step_loss(model, batch).backward()
         results[path] = {"per_step": counter.count / steps, "by_op": {op: n / steps for op, n in counter.by_op.items()}}
     return results
 
@@ -191,9 +185,9 @@ def loader_images_per_s(workload: Workload, epochs: int) -> dict | None:
     from detr_ft.data.augmentation import train_augmentation
     from detr_ft.data.dataset import DetectionDataset
     from detr_ft.data.labels import ClassMapping
+    from detr_ft.data.loader_workers import default_dataloader_workers
     from detr_ft.data.padding import DetectionCollator
     from detr_ft.data.sources import load_coco_folder
-    from detr_ft.train.arguments import default_dataloader_workers
 
     split = load_coco_folder(CPPE5_TEST, "test")
     dataset = DetectionDataset(split, ClassMapping.from_categories(split.coco["categories"]).category_to_label,
@@ -242,78 +236,22 @@ def matcher_ms_per_step(workload: Workload, batches: int, repeats: int) -> dict[
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-@torch.no_grad()
-def device_matcher_ms_per_step(
-    shape: tuple[int, int, int, int], repeats: int, backend: str, seed: int, device: str = "cpu"
-) -> dict:
-    """Median ms per step of scipy and the device matcher on the same costs: random model outputs, targets padded to
-    T slots with CPPE-5-like counts (bench/workload.py's skew, one image full). The device matcher runs a short step
-    count (4 T + 8, enough for real costs; the fallback's read included) eager and compiled (medians), and the
-    worst-case count eager (one run)."""
-    layers, batch_size, num_queries, num_targets = shape
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(layers, batch_size, num_queries, NUM_LABELS + 1, generator=generator)  # (L, B, Q, C+1)
-    boxes = torch.rand(layers, batch_size, num_queries, 4, generator=generator) * 0.5 + 0.25  # (L, B, Q, 4)
-    counts = torch.randn(batch_size, generator=generator).mul(0.8).add(math.log(MEDIAN_OBJECTS)).exp().round()
-    counts = counts.long().clamp(1, num_targets)  # (B,)
-    counts[0] = num_targets
-    labels = {"class_labels": torch.randint(0, NUM_LABELS, (batch_size, num_targets), generator=generator),
-              "boxes": torch.rand(batch_size, num_targets, 4, generator=generator) * 0.4 + 0.3,
-              "valid": torch.arange(num_targets) < counts[:, None]}  # (B, T), (B, T, 4), (B, T)
-    labels = {name: value.to(device) for name, value in labels.items()}
-    cost = matching_costs(logits.to(device), boxes.to(device), labels["class_labels"], labels["boxes"], 1, 5, 2)
-    # (L, B, Q, T)
-    short_steps = 4 * num_targets + 8
-    matchers = {"scipy": host_assignment, "device_eager": DeviceMatcher(short_steps).assign,
-                "device_compiled": DeviceMatcher(short_steps, backend).assign}
-    start = time.perf_counter()
-    expected = host_assignment(cost, labels["valid"])
-    for name, match in matchers.items():
-        assert torch.equal(match(cost, labels["valid"]), expected), name  # exact, and the compile's warm-up
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()  # the worst-case step count once: it is the slow one
-    assert torch.equal(DeviceMatcher().assign(cost, labels["valid"]), expected)
-    worst_case_ms = 1000 * (time.perf_counter() - start)
-    times: dict[str, list[float]] = {name: [] for name in matchers}
-    for _ in range(repeats):
-        for name, match in matchers.items():
-            begin = time.perf_counter()
-            match(cost, labels["valid"])
-            if cost.is_cuda:
-                torch.cuda.synchronize()
-            times[name].append(1000 * (time.perf_counter() - begin))
-    _, complete = solve(cost, labels["valid"], short_steps)
-    return {"shape": {"layers": layers, "batch": batch_size, "queries": num_queries, "target_slots": num_targets,
-                      "valid_targets": counts.tolist()},
-            "steps": {"short": short_steps, "worst_case": worst_case_steps(num_queries, num_targets)},
-            "short_steps_completed": float(complete.float().mean()), "warmup_s": compile_s,
-            "ms_per_step": {**{name: statistics.median(values) for name, values in times.items()},
-                            "device_eager_worst_case": worst_case_ms}}
-
-
 def matcher_step_ms(
-    workload: Workload, target_slots: int, repeats: int, backend: str, device: str = "cpu",
-    captured: dict | None = None,
+    workload: Workload, target_slots: int, repeats: int, device: str = "cpu", captured: dict | None = None,
 ) -> dict:
-    """Median ms of one training step (forward without labels, loss from its outputs, backward:
-    bench/training_step.py) per matcher, on one batch of `workload` with targets padded to `target_slots`: scipy
-    (`host`), the device matcher eager and with its search step compiled by `backend` (short step count as in
-    `device_matcher_ms_per_step`), and with `captured` (torch.compile options, e.g. mode="reduce-overhead": CUDA
-    graphs) also the device matcher's step with the forward compiled by them. Each step's loss (the same dropout
-    masks: equal when the matchings are) and, for the eager steps, its host reads (`HostSyncCounter`) come with it."""
+    """Median ms of one training step (forward without labels, criterion on its outputs with the host matcher,
+    backward: bench/training_step.py) on one batch of `workload` with targets padded to `target_slots`: eager, and
+    with `captured` (torch.compile options, e.g. mode="reduce-overhead": CUDA graphs) the step with the forward
+    compiled by them. Each step's loss (the same dropout masks) and the eager step's host reads (`HostSyncCounter`)
+    come with it."""
     model = build_model(workload, "ours").to(device)
     samples = make_samples(workload)[:workload.batch_size]
     batch = DetectionCollator(workload.image_size, [target_slots])(samples)
     batch = {**{k: batch[k].to(device) for k in ("pixel_values", "pixel_mask")},
              "labels": {k: v.to(device) for k, v in batch["labels"].items()}}
-    short_steps = 4 * target_slots + 8
-    matchers = {"scipy": hungarian_match, "device_eager": DeviceMatcher(short_steps),
-                "device_compiled": DeviceMatcher(short_steps, backend)}
-    steps = {name: partial(forward_and_loss, model, match=match) for name, match in matchers.items()}
+    steps = {"eager": partial(forward_and_loss, model)}
     if captured is not None:
-        forward = torch.compile(partial(pure_forward, model), **captured)
-        steps["device_captured"] = lambda batch: outputs_loss(
-            model, forward(batch["pixel_values"], batch["pixel_mask"]), batch["labels"], matchers["device_compiled"])
+        steps["captured"] = partial(forward_and_loss, model, forward=torch.compile(model, **captured))
 
     def train_step(step) -> torch.Tensor:
         torch.manual_seed(workload.seed)  # the same dropout masks in every step
@@ -328,20 +266,17 @@ def matcher_step_ms(
         losses[name] = float(train_step(step))  # the compile's warm-up too
         warmup_s[name] = time.perf_counter() - start
         train_step(step)  # CUDA graphs record on the second call
-    syncs = {}
-    for name in ("scipy", "device_eager"):  # compiled code does not run under the counter's dispatch mode
-        with HostSyncCounter() as counter:
-            train_step(steps[name])
-        syncs[name] = counter.count
+    with HostSyncCounter() as counter:  # compiled code does not run under the counter's dispatch mode
+        train_step(steps["eager"])
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
             start = time.perf_counter()
             float(train_step(step))  # waits for the device
             times[name].append(1000 * (time.perf_counter() - start))
-    return {"batch": workload.batch_size, "target_slots": target_slots, "short_steps": short_steps,
+    return {"batch": workload.batch_size, "target_slots": target_slots,
             "ms_per_step": {name: statistics.median(values) for name, values in times.items()},
-            "loss": losses, "host_reads_per_step": syncs, "first_step_s": warmup_s}
+            "loss": losses, "host_reads_per_step": {"eager": counter.count}, "first_step_s": warmup_s}
 
 
 def machine_info() -> dict:
@@ -501,12 +436,10 @@ def run(sizes: BenchSizes, gaudi_python: str, only: str = "") -> dict:
 
         progress("matchers and mAP evaluation")
         results["matcher_ms_per_step"] = matcher_ms_per_step(workload, sizes.matcher_batches, sizes.matcher_repeats)
-        results["device_matcher"] = device_matcher_ms_per_step(sizes.matcher_shape, sizes.matcher_repeats,
-                                                               sizes.compile_backend, workload.seed)
         layers, batch_size, num_queries, target_slots = sizes.matcher_shape
         assert (layers, num_queries) == (workload.decoder_layers, workload.num_queries), "matcher_shape: the workload's"
         results["matcher_step"] = matcher_step_ms(replace(workload, batch_size=batch_size), target_slots,
-                                                  sizes.matcher_repeats, sizes.compile_backend)
+                                                  sizes.matcher_repeats)
         map_eval = compare_map_evaluation(sizes.map_images, sizes.map_detections_per_image, workload.seed)
         results["map_eval_s"] = map_eval["seconds"]
         results["map_eval_speedup"] = ratio(map_eval["seconds"]["pycocotools"], map_eval["seconds"]["ours"])
@@ -549,14 +482,8 @@ def format_table(results: dict) -> str:
         lines.append(f"| {name} | {number.format(stock)} | {number.format(ours)} | {versus} | {met} |")
     if "skipped" in gaudi:
         lines.append(f"\nGaudi stack skipped: {gaudi['skipped']}")
-    matcher = results["device_matcher"]
-    shape = matcher["shape"]
-    lines.append(f"\nmatcher ms per step, {shape['layers']} layers x {shape['batch']} images, {shape['queries']} "
-                 f"queries, {shape['target_slots']} target slots: " + ", ".join(
-                     f"{name} {ms:.1f}" for name, ms in matcher["ms_per_step"].items())
-                 + f" (short = {matcher['steps']['short']} steps, worst case {matcher['steps']['worst_case']})")
     step = results["matcher_step"]
-    lines.append(f"training step ms per matcher (forward without labels, loss, backward), batch {step['batch']}, "
+    lines.append(f"training step ms (forward without labels, criterion, backward), batch {step['batch']}, "
                  f"{step['target_slots']} target slots: " + ", ".join(
                      f"{name} {ms:.0f}" for name, ms in step["ms_per_step"].items())
                  + "; host reads per step: " + ", ".join(

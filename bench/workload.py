@@ -17,7 +17,8 @@ The paths batch the same samples:
 - stock, as the HF example: the unpatched model with transformers' loss, labels a list of per-image dicts, images
   padded to the batch's largest (on the Gaudi stack, transformers as `adapt_transformers_to_gaudi()` leaves it);
 - ours (the square): images padded to image_size x image_size, targets padded to 1 bucket (the largest count of the
-  data set), `use_static_shape_loss` (padded-target loss) and `apply_patches(static_shapes=True)` (the sync patches);
+  data set), the label-free forward and DetrCriterion (bench/training_step.py) and the sync patches
+  (`apply_patches(static_shapes=True)`);
 - k2, k3: ours with `--image_buckets 2` / `3`: the aspect-ratio canvases chosen from the samples' sizes, batches
   drawn by `CanvasGroupedSampler` (one canvas each; a canvas's last partial batch is dropped).
 """
@@ -30,10 +31,10 @@ import numpy as np
 import torch
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
+from bench.training_step import forward_and_loss
 from detr_ft.data.canvases import CanvasGroupedSampler, assign_canvases, choose_canvases
 from detr_ft.data.images import fitted_size
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
-from detr_ft.model.static_shapes import use_static_shape_loss
 from patches import apply_patches
 
 PATHS = ("stock", "ours")
@@ -89,9 +90,9 @@ def detr_config(workload: Workload) -> DetrConfig:
 
 
 def build_model(workload: Workload, path: str) -> DetrForObjectDetection:
-    """The random DETR in training mode, switched to our static-shape loss and patches on our paths (all but
-    "stock"). The stock path gets only what it needs to run at all (on the Gaudi stack, patches/habana_detr_loss.py;
-    on the main one nothing).
+    """The random DETR in training mode, with the label-free forward and the sync patches on our paths (all but
+    "stock"). The stock path gets only what its loss needs to run at all (on the Gaudi stack,
+    patches/habana_detr_loss.py; on the main one nothing).
 
     Denormal floats are flushed to zero in this process, as accelerators do: the random model's training meets
     denormals that make x86 CPU steps up to 30x slower at random (measured: 0.5 s vs 16 s for the same step),
@@ -99,9 +100,7 @@ def build_model(workload: Workload, path: str) -> DetrForObjectDetection:
     torch.set_flush_denormal(True)
     torch.manual_seed(workload.seed)
     model = DetrForObjectDetection(detr_config(workload)).train()
-    if path != "stock":
-        use_static_shape_loss(model)
-    apply_patches(model, static_shapes=path != "stock")
+    apply_patches(model, static_shapes=path != "stock", label_free_forward=path != "stock")
     return model
 
 
@@ -153,8 +152,14 @@ def default_optimizer(model: DetrForObjectDetection) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
 
+def step_loss(model: DetrForObjectDetection, batch: dict) -> torch.Tensor:
+    """The training loss of `batch`: stock, the forward's own (labels given); ours, the criterion on the label-free
+    forward's outputs (padded labels)."""
+    return forward_and_loss(model, batch) if isinstance(batch["labels"], dict) else model(**batch).loss
+
+
 def train_step(model: DetrForObjectDetection, optimizer: torch.optim.Optimizer, batch: dict) -> None:
     """Forward, loss, backward and the optimizer step."""
-    model(**batch).loss.backward()
+    step_loss(model, batch).backward()
     optimizer.step()
     optimizer.zero_grad()

@@ -1,7 +1,8 @@
 """`make demo`: the whole job offline on CPU: synthetic shapes, detr-tiny from scratch, mAP per checkpoint.
 
-A fixed number of steps (not seconds), so the result does not depend on the machine's load. The recipe is the
-one tests/test_convergence.py holds to a floor, so a change that breaks learning fails the tests.
+A fixed number of steps (not seconds), so the result does not depend on the machine's load. The recipe,
+recipes/demo-tiny.json, is the one tests/test_convergence.py holds to a floor, so a change that breaks learning fails
+the tests.
 
 `make demo-canvases` (`python -m detr_ft.demo canvases`): do aspect-ratio canvases keep the quality? The same recipe
 trained twice on the same images in three shapes, once on the square (`--image_buckets 1`) and once on three
@@ -25,15 +26,15 @@ from detr_ft.data.synthetic import write_synthetic_coco
 from detr_ft.train.map_history import read_history
 from detr_ft.train.run_summary import SUMMARY_FILE
 
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo-tiny.json"
 DATA_DIR = Path("data/synthetic")
 OUTPUT_DIR = Path("outputs/demo")
-TRAIN_IMAGES, VALIDATION_IMAGES, IMAGE_SIZE = 4096, 256, 64
-EPOCHS, EVAL_EVERY_EPOCHS = 12, 4  # 128 steps an epoch at batch 32
+TRAIN_IMAGES, VALIDATION_IMAGES, IMAGE_SIZE = 4096, 256, 64  # IMAGE_SIZE: the recipe's; 128 steps an epoch
 
 CANVAS_DATA_DIR = Path("data/synthetic_aspect_ratios")
 CANVAS_OUTPUT_DIR = Path("outputs/demo_canvases")
 CANVAS_TRAIN_IMAGES, CANVAS_VALIDATION_IMAGES, ASPECT_RATIOS = 3840, 258, (1.0, 2.0, 0.5)  # multiples of 3 shapes
-CANVAS_EPOCHS = 32  # 120 steps an epoch
+CANVAS_EPOCHS, CANVAS_EVAL_EVERY_EPOCHS = 32, 4  # 120 steps an epoch
 CANVAS_BATCH, CANVAS_ACCUMULATION = 16, 2  # each optimizer step on 2 canvases
 IMAGE_BUCKETS = (1, 3)
 
@@ -47,19 +48,10 @@ def write_data(data_dir: Path, num_train: int = TRAIN_IMAGES, num_validation: in
     return data_dir
 
 
-def recipe(data_dir: Path, output_dir: Path, epochs: int = EPOCHS, eval_every: int = EVAL_EVERY_EPOCHS,
-           batch_size: int = 32, accumulation: int = 1) -> list[str]:
-    """Command-line arguments of the from-scratch recipe: detr-tiny, 64 px, static shapes, AdamW 3e-4 constant,
-    gradient clipping 0.1, 32 images a step (`batch_size` x `accumulation`)."""
-    return [
-        "--model_name_or_path", "detr-tiny", "--dataset_dir", str(data_dir), "--output_dir", str(output_dir),
-        "--pad_images", "--image_size", str(IMAGE_SIZE), "--pad_objects", "--num_buckets", "1", "--augment", "false",
-        "--per_device_train_batch_size", str(batch_size), "--gradient_accumulation_steps", str(accumulation),
-        "--per_device_eval_batch_size", "64", "--learning_rate", "3e-4",
-        "--lr_scheduler_type", "constant", "--max_grad_norm", "0.1", "--num_train_epochs", str(epochs),
-        "--ckpt_store_interval_epochs", str(eval_every), "--save_total_limit", "2", "--logging_steps", "128",
-        "--dataloader_num_workers", "1", "--seed", "0", "--report_to", "none",
-    ]
+def recipe(data_dir: Path, output_dir: Path, *overrides: str) -> list[str]:
+    """The entry's arguments for the from-scratch recipe (recipes/demo-tiny.json: detr-tiny, 64 px, static shapes,
+    AdamW 3e-4 constant, gradient clipping 0.1, 32 images a step) on `data_dir`, with `overrides` (flags)."""
+    return [str(RECIPE), "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), *overrides]
 
 
 def train(argv: list[str], output_dir: Path) -> dict:
@@ -78,9 +70,12 @@ def demo() -> None:
 def demo_canvases() -> None:
     data_dir = write_data(CANVAS_DATA_DIR, CANVAS_TRAIN_IMAGES, CANVAS_VALIDATION_IMAGES, ASPECT_RATIOS)
     runs = {k: CANVAS_OUTPUT_DIR / f"image_buckets_{k}" for k in IMAGE_BUCKETS}
-    eval_every = min(EVAL_EVERY_EPOCHS, CANVAS_EPOCHS)
-    summaries = {k: train([*recipe(data_dir, output_dir, CANVAS_EPOCHS, eval_every, CANVAS_BATCH,
-                                   CANVAS_ACCUMULATION), "--image_buckets", str(k)], output_dir)
+    eval_every = min(CANVAS_EVAL_EVERY_EPOCHS, CANVAS_EPOCHS)
+    summaries = {k: train(recipe(data_dir, output_dir, "--num_train_epochs", str(CANVAS_EPOCHS),
+                                 "--ckpt_store_interval_epochs", str(eval_every),
+                                 "--per_device_train_batch_size", str(CANVAS_BATCH),
+                                 "--gradient_accumulation_steps", str(CANVAS_ACCUMULATION), "--image_buckets", str(k)),
+                          output_dir)
                  for k, output_dir in runs.items()}
     print("\n  step  " + "  ".join(f"mAP50 K={k}  mAP K={k}" for k in IMAGE_BUCKETS))
     for records in zip(*(read_history(output_dir) for output_dir in runs.values()), strict=True):

@@ -7,6 +7,7 @@ silently matches nothing is the failure this guards against), and log what they 
 
 | patch | stack | applied when |
 | --- | --- | --- |
+| detr_label_free_forward | both | `label_free_forward`: always in training (the trainer calls it without labels) |
 | detr_backbone_stages | both | `train_backbone_stages` (pretrained model, backbone not frozen), HF ResNet backbone |
 | detr_loss_num_boxes | both | always (the stock loss, `--num_buckets 0`, under data parallel; a no-op in one process) |
 | detr_encoder_sync | transformers 5.x | `static_shapes` |
@@ -81,6 +82,7 @@ def apply_patches(
     static_shapes: bool,
     train_backbone_stages: bool = False,
     cpu_position_embedding: bool = False,
+    label_free_forward: bool = True,
 ) -> list[str]:
     """Apply the model patches this stack and run need (see the module table); returns their names.
 
@@ -90,12 +92,16 @@ def apply_patches(
     """
     from transformers import ResNetBackbone
 
-    from patches import detr_backbone_stages
+    from detr_ft.model.build import backbone_network
+    from patches import detr_backbone_stages, detr_label_free_forward
 
     transformers_5 = installed_version("transformers").major >= 5
     config = model.config
     applied = []
-    if train_backbone_stages and isinstance(detr_backbone_stages.backbone_network(model), ResNetBackbone):
+    if label_free_forward:
+        applied.append(apply_patch("detr_label_free_forward", detr_label_free_forward,
+                                   lambda: detr_label_free_forward.patch_model(model), 1))
+    if train_backbone_stages and isinstance(backbone_network(model), ResNetBackbone):
         applied.append(apply_patch("detr_backbone_stages", detr_backbone_stages,
                                    lambda: detr_backbone_stages.patch_model(model), 1))
     if static_shapes and transformers_5:

@@ -17,14 +17,10 @@ Upstream: not reported as of transformers 5.24. Delete when `DetrConvEncoder` ma
 
 from torch import nn
 
+from detr_ft.model.build import backbone_network
+
 TESTED = {"transformers": ("==4.55.*", "==5.24.*")}
 TRAINABLE_STAGES = ("stages.1.", "stages.2.", "stages.3.")
-
-
-def backbone_network(model: nn.Module) -> nn.Module:
-    """The CNN inside DETR's DetrConvEncoder, which transformers 4.55 wraps in a DetrConvModel."""
-    conv_encoder = model.model.backbone
-    return getattr(conv_encoder, "conv_encoder", conv_encoder).model
 
 
 def patch_model(model: nn.Module) -> int:

@@ -113,7 +113,7 @@ run() {  # run NAME FLAGS...: one entry run into $WORK/NAME
     echo "== run $name: $*"
     "$PY" run_object_detection.py --model_name_or_path "$WORK/model" --dataset_dir "$WORK/data" \
         --output_dir "$WORK/$name" --image_size "$SIZE" --per_device_train_batch_size "$BATCH" \
-        --per_device_eval_batch_size "$BATCH" --logging_steps 1 --report_to none --seed 0 \
+        --per_device_eval_batch_size "$BATCH" --logging_steps 1 --report_to none --seed 0 --audit_host_syncs \
         --dataloader_num_workers "$WORKERS" "${DEVICE_FLAGS[@]}" "$@" > "$WORK/$name.log" 2>&1 \
         || { tail -n 40 "$WORK/$name.log"; return 1; }
 }

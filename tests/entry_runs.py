@@ -27,7 +27,7 @@ def entry_argv(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
         "--pad_images", "--pad_objects", "--num_buckets", "1", "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2", "--num_train_epochs", "2",
         "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none", "--device", "cpu",
-        "--deterministic", "--seed", "7", *extra,
+        "--deterministic", "--seed", "7", "--audit_host_syncs", *extra,
     ]
 
 

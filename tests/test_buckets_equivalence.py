@@ -1,24 +1,20 @@
 """Buckets do not change the loss: on the same weights, at every step of a short real training, our padded-target
-loss and transformers' stock loss agree in the total, every loss_dict term and the gradient of every parameter.
+criterion and transformers' stock loss agree in the total, every loss_dict term and the gradient of every parameter.
 
 Why per step and not only end to end: two training runs whose losses differ by float rounding (~1e-7, the same terms
 summed in another order) drift apart with every optimizer step, by an amount that depends on the thread count and the
-CPU's kernels (10 steps: 1.4e-5 relative with 2 threads). One model, one forward and both losses on its outputs give
-a tight, deterministic comparison; the optimizer then steps with our loss's gradients, so later steps check realistic
-training states, not only the initialisation. tests/test_train.py keeps a short end-to-end run through the entry.
-With three aspect-ratio canvases (`--image_buckets 3`) the batches come from the canvas sampler and change shape from
-step to step: the equivalence holds on every canvas.
+CPU's kernels (10 steps: 1.4e-5 relative with 2 threads). One model, one (label-free) forward and both losses on its
+outputs give a tight, deterministic comparison; the optimizer then steps with our loss's gradients, so later steps
+check realistic training states, not only the initialisation. tests/test_train.py keeps a short end-to-end run
+through the entry. With three aspect-ratio canvases (`--image_buckets 3`) the batches come from the canvas sampler
+and change shape from step to step: the equivalence holds on every canvas.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import torch
 from torch import Tensor
-from transformers import DetrConfig
-from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
 from detr_ft.data.canvases import CanvasGroupedSampler, choose_canvases
 from detr_ft.data.dataset import DetectionDataset
@@ -26,8 +22,9 @@ from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.data.sources import load_coco_folder
 from detr_ft.model.build import build_model
-from detr_ft.model.loss import padded_detr_loss
+from detr_ft.model.criterion import DetrCriterion, TransformersCriterion
 from detr_ft.train.optimizer import build_optimizer
+from patches import detr_label_free_forward
 
 IMAGE_SIZE, BATCH_SIZE, STEPS, LEARNING_RATE = 64, 8, 10, 3e-4  # test_train.py's run: 10 of its 12 steps an epoch
 # Worst deviations measured over the 10 steps (OMP_NUM_THREADS=1 / 2): loss terms 3.5e-7 / 2.6e-7 relative (2-3
@@ -35,25 +32,6 @@ IMAGE_SIZE, BATCH_SIZE, STEPS, LEARNING_RATE = 64, 8, 10, 3e-4  # test_train.py'
 # weight 0.1 -> 0.11: 1.7e-3 in the total; padding rows counted as targets: 2.4e-2; our auxiliary logits detached:
 # gradients 6e-3).
 LOSS_RTOL, GRAD_TOL = 5e-6, 1e-5
-
-
-class CapturedOutputs:
-    """A `loss_function` that records what the model hands its loss, so that both losses see the very same tensors
-    (one forward: no second, possibly different, forward to compare against)."""
-
-    def __init__(self) -> None:
-        self.args: tuple = ()
-
-    def __call__(self, logits: Tensor, labels: dict | list, device: torch.device, pred_boxes: Tensor,
-                 config: DetrConfig, outputs_class: Tensor | None = None, outputs_coord: Tensor | None = None,
-                 **kwargs) -> tuple[None, None, None]:
-        self.args = (logits, device, pred_boxes, config, outputs_class, outputs_coord)
-        return None, None, None
-
-    def loss(self, loss_function: Callable, labels: dict | list) -> tuple[Tensor, dict[str, Tensor]]:
-        logits, device, pred_boxes, config, outputs_class, outputs_coord = self.args
-        loss, loss_dict, _ = loss_function(logits, labels, device, pred_boxes, config, outputs_class, outputs_coord)
-        return loss, loss_dict
 
 
 def deviation(actual: Tensor, expected: Tensor, scale: Tensor) -> float:
@@ -78,8 +56,8 @@ def test_padded_loss_and_gradients_equal_stock_at_every_training_step(request, i
     model = build_model("detr-tiny", id2label)  # dropout 0.0: the forward is deterministic
     names, parameters = zip(*[(name, p) for name, p in model.named_parameters() if p.requires_grad], strict=True)
     optimizer = build_optimizer(model, LEARNING_RATE, LEARNING_RATE, weight_decay=0.0)
-    captured = CapturedOutputs()
-    model.loss_function = captured
+    detr_label_free_forward.patch_model(model)
+    criterion, stock_criterion = DetrCriterion(model.config), TransformersCriterion(model)
     model.train()
     if image_buckets > 1:
         order = list(CanvasGroupedSampler(dataset.canvas_of, BATCH_SIZE, seed=0))
@@ -92,10 +70,9 @@ def test_padded_loss_and_gradients_equal_stock_at_every_training_step(request, i
         padded_batches += int(not padded_batch["labels"]["valid"].all())
         shapes.add(tuple(padded_batch["pixel_values"].shape[2:]))
 
-        model(pixel_values=padded_batch["pixel_values"], pixel_mask=padded_batch["pixel_mask"],
-              labels=padded_batch["labels"])
-        stock_loss, stock_dict = captured.loss(ForObjectDetectionLoss, stock_batch["labels"])
-        loss, loss_dict = captured.loss(padded_detr_loss, padded_batch["labels"])
+        outputs = model(pixel_values=padded_batch["pixel_values"], pixel_mask=padded_batch["pixel_mask"])
+        stock_loss, stock_dict = stock_criterion(outputs, stock_batch["labels"])
+        loss, loss_dict = criterion(outputs, padded_batch["labels"])
         stock_grads = torch.autograd.grad(stock_loss, parameters, retain_graph=True)
         grads = torch.autograd.grad(loss, parameters)
 

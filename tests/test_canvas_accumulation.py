@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detr_ft.data.canvases import CanvasGroupedSampler
-from detr_ft.train.arguments import steps_per_epoch
+from detr_ft.train.training_arguments import steps_per_epoch
 
 
 class CanvasImages(torch.utils.data.Dataset):

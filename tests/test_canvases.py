@@ -27,7 +27,7 @@ from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.data.sources import load_coco_folder
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
-from detr_ft.train.arguments import steps_per_epoch
+from detr_ft.train.training_arguments import steps_per_epoch
 
 
 def cppe5_sizes(cppe5_dir) -> list[tuple[int, int]]:

@@ -62,9 +62,9 @@ def test_overflowing_batch_gets_its_own_shape(caplog):
 def test_fuller_eval_images_get_one_more_bucket_and_a_queries_warning(tmp_path, caplog):
     import shutil
 
+    from detr_ft.config import DataArguments, StaticShapeArguments
     from detr_ft.data.prepare import prepare_data, warn_queries_overflow
     from detr_ft.data.synthetic import write_synthetic_coco
-    from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
     data_dir = write_synthetic_coco(tmp_path / "data", num_train=8, num_validation=1, image_size=48, max_objects=2)
     fuller = write_synthetic_coco(tmp_path / "fuller", num_train=1, num_validation=3, image_size=48, min_objects=5,

@@ -1,9 +1,7 @@
-"""Compile proofs (issue 11): a DETR training step whose forward runs without labels and whose loss comes from the
-outputs (bench/training_step.py) compiles without graph breaks, and recompiles only for a new target bucket.
-
-- `--matcher device`: forward + loss are one graph (`fullgraph=True`), one per target bucket over an epoch;
-- `--matcher host`: the forward is one graph for the whole epoch and the matching costs one per bucket, both
-  `fullgraph=True`; the loss around the matcher breaks the graph only at the matcher's host copy + scipy.
+"""Compile proofs: a DETR training step whose forward runs without labels and whose loss is the criterion on its
+outputs (bench/training_step.py) compiles without graph breaks but at the host matcher, and recompiles only for a new
+target bucket: the forward is one graph for the whole epoch and the matching costs one per bucket, both
+`fullgraph=True`; the criterion around the matcher breaks the graph only at the matcher's host copy + scipy.
 
 Graphs are counted by dynamo's CompileCounter backend (it traces, counts and runs the graph eagerly: no code
 generation), with `dynamic=False`: every new shape is a new graph, as on HPU and with CUDA graphs.
@@ -11,23 +9,18 @@ generation), with `dynamic=False`: every new shape is a new graph, as on HPU and
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
 import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
-from bench.training_step import forward_and_loss, outputs_loss
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.data.sources import load_coco_folder
-from detr_ft.model.device_matcher import DeviceMatcher
-from detr_ft.model.matcher import host_assignment, hungarian_match, matching_costs
-from detr_ft.model.pure_forward import pure_forward
-from detr_ft.model.static_shapes import use_static_shape_loss
+from detr_ft.model.criterion import DetrCriterion
+from detr_ft.model.matcher import host_assignment, matching_costs
 from patches import apply_patches
 
 IMAGE_SIZE, BATCH_SIZE, NUM_BATCHES, NUM_BUCKETS = 64, 2, 12, 3
@@ -54,7 +47,8 @@ def target_slots(batch: dict) -> int:
 
 @pytest.fixture
 def model(tiny_detr):
-    """detr-tiny (2 decoder layers, auxiliary loss, 16 queries) with the sync patches the entry applies."""
+    """detr-tiny (2 decoder layers, auxiliary loss, 16 queries) with the patches the entry applies (the label-free
+    forward and the sync patches)."""
     detr = tiny_detr(num_labels=4).train()
     apply_patches(detr, static_shapes=True)
     return detr
@@ -94,35 +88,14 @@ class CountedCompile:
         return self.compiled(*args, **kwargs)
 
 
-@pytest.mark.parametrize("matcher", ["host", "device"])
-def test_loss_from_the_outputs_of_a_forward_without_labels_is_the_models_loss(model, epoch, matcher):
-    """What the proofs compile computes the loss the model computes when given labels."""
-    match = hungarian_match if matcher == "host" else DeviceMatcher()
-    model.eval()  # no dropout: the same forward twice
-    use_static_shape_loss(model, match)
-    for batch in epoch[:3]:
-        torch.testing.assert_close(forward_and_loss(model, batch, match), model(**batch).loss, rtol=1e-6, atol=0)
-
-
 @pytest.mark.slow
-def test_device_matcher_step_is_one_graph_per_target_bucket(model, epoch):
-    """Forward + loss with the device matcher: no graph break (fullgraph), and over two epochs one graph per target
-    bucket, compiled when the bucket first occurs, never again."""
-    torch._dynamo.reset()
-    step = CountedCompile(partial(forward_and_loss, model, match=DeviceMatcher()))
-    graphs = train_epochs(model, step, epoch, epochs=2)
-
-    assert graphs == buckets_seen(epoch) + [NUM_BUCKETS] * len(epoch)
-
-
-@pytest.mark.slow
-def test_host_matcher_step_compiles_around_the_matcher_only(model, epoch):
-    """Host matcher: the forward is one graph for every batch, the matching costs one per bucket (fullgraph both);
-    the loss compiled as a whole breaks once per call, at the matcher (scipy on the host), and nowhere else; its
-    pieces around the break are compiled once per bucket too."""
+def test_host_matcher_step_compiles_around_the_matcher_only(model, epoch, monkeypatch):
+    """The forward is one graph for every batch, the matching costs one per bucket (fullgraph both); the criterion
+    compiled as a whole breaks once per call, at the matcher (scipy on the host), and nowhere else; its pieces around
+    the break are compiled once per bucket too."""
     torch._dynamo.reset()
     counters.clear()
-    forward = CountedCompile(partial(pure_forward, model))
+    forward = CountedCompile(model)
     costs = CountedCompile(matching_costs)
 
     @torch.compiler.disable  # the host copy + scipy: excluded from the compiled region
@@ -130,10 +103,11 @@ def test_host_matcher_step_compiles_around_the_matcher_only(model, epoch):
         cost = costs(logits, pred_boxes, labels["class_labels"], labels["boxes"], class_cost, bbox_cost, giou_cost)
         return host_assignment(cost, labels["valid"])  # (L, B, Q)
 
-    loss = CountedCompile(partial(outputs_loss, model, match=host_match), fullgraph=False)
+    monkeypatch.setattr("detr_ft.model.criterion.hungarian_match", host_match)
+    loss = CountedCompile(DetrCriterion(model.config).__call__, fullgraph=False)
 
     def step(batch):
-        return loss(forward(batch["pixel_values"], batch["pixel_mask"]), batch["labels"])
+        return loss(forward(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"]), batch["labels"])[0]
 
     step.counter = loss.counter
     loss_graphs = train_epochs(model, step, epoch, epochs=2)

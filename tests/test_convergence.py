@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow  # minutes of training
 
 def test_demo_recipe_learns_to_detect_shapes(tmp_path):
     output_dir = tmp_path / "run"
-    argv = recipe(write_data(tmp_path / "data"), output_dir, epochs=8, eval_every=8)
+    argv = recipe(write_data(tmp_path / "data"), output_dir, "--num_train_epochs", "8", "--ckpt_store_interval_epochs",
+                  "8")
     assert run_object_detection.main([*argv, "--disable_tqdm", "true"]) == 0
     final = json.loads((output_dir / "eval_history.json").read_text())[-1]
     assert final["step"] == 1024

@@ -18,18 +18,20 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import run_object_detection
+from detr_ft.config import parse_arguments
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.build import build_model
-from detr_ft.model.static_shapes import use_static_shape_loss
-from detr_ft.train.arguments import parse_arguments
-from detr_ft.train.devices import DeviceSettingsError, check_device_settings, training_arguments
+from detr_ft.model.criterion import DetrCriterion
+from detr_ft.train.devices import DeviceSettingsError, check_device_settings
 from detr_ft.train.run_summary import SUMMARY_FILE, RunSummaryCallback, graph_compilations, hpu_graph_compilations
+from detr_ft.train.training_arguments import training_arguments
+from patches import detr_label_free_forward
 
 LAZY_FLAGS = ["--use_habana", "--use_lazy_mode", "--pad_objects", "--num_buckets", "1"]
 
 
 def device_arguments(*flags: str):
-    return parse_arguments(["--output_dir", "unused", *flags])[3]
+    return parse_arguments(["--output_dir", "unused", *flags]).device
 
 
 @pytest.fixture
@@ -98,9 +100,9 @@ def test_lazy_mode_command_line_parses(capsys):
 @pytest.mark.parametrize("flags", [["--bf16", "--use_cpu"], ["--autocast"], ["--bf16"]])
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
 def test_bf16_and_autocast_both_mean_bf16_autocast(flags):
-    _, _, _, device, training = parse_arguments(["--output_dir", "unused", *flags])
+    args = parse_arguments(["--output_dir", "unused", *flags])
 
-    arguments = training_arguments(check_device_settings(device), device, training)
+    arguments = training_arguments(check_device_settings(args.device), args, images_per_canvas=[8])
 
     assert arguments.bf16 and arguments.use_cpu
 
@@ -108,7 +110,7 @@ def test_bf16_and_autocast_both_mean_bf16_autocast(flags):
 def test_padded_loss_is_float32_under_bf16_autocast():
     torch.manual_seed(0)
     model = build_model("detr-tiny", {0: "circle", 1: "square", 2: "triangle"})
-    use_static_shape_loss(model)
+    detr_label_free_forward.patch_model(model)
     generator = torch.Generator().manual_seed(0)
     examples = [{
         "pixel_values": torch.rand(3, 64, 64, generator=generator),  # (3, H, W)
@@ -119,13 +121,14 @@ def test_padded_loss_is_float32_under_bf16_autocast():
     batch = DetectionCollator(64, [4])(examples)
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outputs = model(**batch)
-    outputs.loss.backward()
+        outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+        loss, loss_dict = DetrCriterion(model.config)(outputs, batch["labels"])
+    loss.backward()
 
     assert outputs.logits.dtype == torch.bfloat16  # autocast is on: the model ran in bf16
-    assert outputs.loss.dtype == torch.float32
-    assert all(value.dtype == torch.float32 for value in outputs.loss_dict.values())
-    assert math.isfinite(outputs.loss.item())
+    assert loss.dtype == torch.float32
+    assert all(value.dtype == torch.float32 for value in loss_dict.values())
+    assert math.isfinite(loss.item())
     assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
 
 
@@ -206,7 +209,7 @@ def test_torch_compile_runs_the_compiled_forward_at_every_step_but_the_audited_o
     they made torch 2.13 skip that frame for good (pytorch/pytorch#190286): steps 2-6 ran eager. The audited step
     now runs eager on purpose (run_summary.py) and every other step runs the graph compiled at step 1."""
     summary = run_entry(synthetic_dir, tmp_path, "--torch_compile", "--torch_compile_backend", "eager",
-                        "--max_steps", "6")
+                        "--max_steps", "6", "--audit_host_syncs")
 
     assert summary["host_syncs_per_step"] is not None
     assert [graph for graph, _ in compiled_graph_runs.training_runs] == [0] * 5

@@ -18,9 +18,9 @@ import pytest
 from conftest import IMAGE_SIZE, history_map
 from PIL import Image
 
+from detr_ft.config import DataArguments, StaticShapeArguments
 from detr_ft.data.prepare import prepare_data
 from detr_ft.evaluation import eval_checkpoints, inference
-from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
 pytestmark = pytest.mark.slow  # the shared entry run (trained_run), then evaluations of it
 

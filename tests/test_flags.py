@@ -18,9 +18,9 @@ import torch
 from entry_runs import REPO, entry_argv, run_in_process
 from transformers import TrainingArguments
 
+from detr_ft.config import FlagError, parse_arguments, user_set_flags
 from detr_ft.run_files import RUN_ARGUMENTS_FILE, save_run_arguments
-from detr_ft.train.arguments import parse_arguments, user_set_flags
-from detr_ft.train.flag_checks import FlagError, check_flags, static_shape_defaults
+from detr_ft.train.flag_checks import check_flags, static_shape_defaults
 from detr_ft.train.optimizer import optimizer_class_and_kwargs
 
 
@@ -84,13 +84,13 @@ def test_flags_the_project_sets_or_bounds_are_refused_naming_the_flag(tmp_path, 
     argv = ["--output_dir", "unused", "--model_name_or_path", "detr-tiny", *flags]
 
     with pytest.raises(FlagError, match=re.escape(named.format(empty_folder=tmp_path))):
-        check_flags(*parse_arguments(argv), user_set_flags(argv))
+        check_flags(parse_arguments(argv))
 
 
 @pytest.mark.parametrize("flags", [["--use_cpu", "--device", "cpu"], ["--dataloader_drop_last", "true"]])
 def test_the_values_the_project_sets_itself_pass(flags):
     argv = ["--output_dir", "unused", "--model_name_or_path", "detr-tiny", *flags]
-    check_flags(*parse_arguments(argv), user_set_flags(argv))
+    check_flags(parse_arguments(argv))
 
 
 def test_every_refused_flag_is_named_in_one_message(data_dir, tmp_path, no_model, caplog):
@@ -124,7 +124,7 @@ def stop_before_training(monkeypatch):
     def build_trainer(*args, **kwargs):
         raise StopBeforeTraining
 
-    monkeypatch.setattr("detr_ft.train.devices.build_trainer", build_trainer)
+    monkeypatch.setattr("detr_ft.train.trainer.build_trainer", build_trainer)
 
 
 def what_trains(caplog) -> dict[str, str]:
@@ -157,7 +157,7 @@ def test_the_optimizer_is_the_one_optim_names_over_the_project_s_groups(data_dir
         built["optimizer"] = kwargs["optimizers"][0]
         raise StopBeforeTraining
 
-    monkeypatch.setattr("detr_ft.train.devices.build_trainer", build_trainer)
+    monkeypatch.setattr("detr_ft.train.trainer.build_trainer", build_trainer)
     with caplog.at_level(logging.INFO), pytest.raises(StopBeforeTraining):
         run_in_process(entry_argv(data_dir, tmp_path, "--backbone_lr", "2e-5", *flags))
 
@@ -193,7 +193,7 @@ def test_backbone_lr_default_is_1e_5_for_pretrained_backbones_and_the_learning_r
         built.update(model=kwargs["model"], optimizer=kwargs["optimizers"][0])
         raise StopBeforeTraining
 
-    monkeypatch.setattr("detr_ft.train.devices.build_trainer", build_trainer)
+    monkeypatch.setattr("detr_ft.train.trainer.build_trainer", build_trainer)
     with pytest.raises(StopBeforeTraining):
         run_in_process(entry_argv(data_dir, tmp_path / "run", "--model_name_or_path", model_name_or_path))
 
@@ -233,35 +233,34 @@ def test_adamw_on_hpu_is_habana_s_fused_adamw_with_the_given_betas(monkeypatch, 
 ])
 def test_graph_compiling_devices_pad_images_unless_turned_off(flags, compiler, caplog):
     argv = ["--output_dir", "unused", "--pad_objects", "--num_buckets", "1", *flags]
-    _, _, shapes, device, training = parse_arguments(argv)
+    args = parse_arguments(argv)
     with caplog.at_level(logging.INFO):
-        static_shape_defaults(shapes, device, training, user_set_flags(argv))
-    assert shapes.pad_images
+        static_shape_defaults(args)
+    assert args.shapes.pad_images
     assert f"{compiler}: --pad_images is on" in caplog.text
 
     argv = ["--output_dir", "unused", "--pad_images", "false", *flags]
-    _, _, shapes, device, training = parse_arguments(argv)
-    static_shape_defaults(shapes, device, training, user_set_flags(argv))
-    assert not shapes.pad_images
+    args = parse_arguments(argv)
+    static_shape_defaults(args)
+    assert not args.shapes.pad_images
     assert f"{compiler} with --pad_images false: every new batch image shape compiles a new graph" in caplog.text
     assert f"{compiler} without --pad_objects --num_buckets N" in caplog.text
 
 
 def test_image_buckets_pass_where_a_graph_compiler_turns_image_padding_on():
     argv = ["--output_dir", "unused", "--model_name_or_path", "detr-tiny", "--torch_compile", "--image_buckets", "2"]
-    model, data, shapes, device, training = parse_arguments(argv)
-    check_flags(model, data, shapes, device, training, user_set_flags(argv))  # pad_images comes on by default
+    check_flags(parse_arguments(argv))  # pad_images comes on by default
 
     argv = ["--output_dir", "unused", "--model_name_or_path", "detr-tiny", "--image_buckets", "2"]
     with pytest.raises(FlagError, match="--image_buckets 2: needs --pad_images"):
-        check_flags(*parse_arguments(argv), user_set_flags(argv))
+        check_flags(parse_arguments(argv))
 
 
 def test_eager_cpu_keeps_image_padding_off():
     argv = ["--output_dir", "unused", "--device", "cpu"]
-    _, _, shapes, device, training = parse_arguments(argv)
-    static_shape_defaults(shapes, device, training, user_set_flags(argv))
-    assert not shapes.pad_images
+    args = parse_arguments(argv)
+    static_shape_defaults(args)
+    assert not args.shapes.pad_images
 
 
 def test_unknown_hub_model_offline_fails_at_once_with_what_to_do(data_dir, tmp_path, no_model, monkeypatch, caplog):
@@ -311,24 +310,75 @@ def test_importing_the_dataset_module_makes_no_network_attempt():
     assert result.stdout.strip() == "0", result.stderr
 
 
-def test_a_json_file_in_place_of_the_flags_parses_as_the_flags(tmp_path):
-    """README: a single JSON file with the flags' keys works in place of the flags (booleans as true/false)."""
+def test_a_recipe_file_parses_as_its_flags_and_later_flags_override_it(tmp_path):
+    """A recipe is a JSON file of flags given first (booleans as true/false); flags after it override it, and every
+    flag of both counts as set by the user."""
     values = {"output_dir": str(tmp_path / "run"), "model_name_or_path": "detr-tiny", "image_size": 64,
               "pad_images": True, "pad_objects": True, "num_buckets": 2, "learning_rate": 3e-4, "device": "cpu",
-              "bf16": True, "per_device_train_batch_size": 4}
-    (tmp_path / "flags.json").write_text(json.dumps(values))
-    flags = [f"--{name}={value}" for name, value in values.items()]
+              "bf16": True, "per_device_train_batch_size": 4, "report_to": ["none"]}
+    (tmp_path / "recipe.json").write_text(json.dumps(values))
+    flags = [f"--{name}={value[0] if isinstance(value, list) else value}" for name, value in values.items()]
 
-    from_file, from_flags = parse_arguments([str(tmp_path / "flags.json")]), parse_arguments(flags)
+    from_file, from_flags = parse_arguments([str(tmp_path / "recipe.json")]), parse_arguments(flags)
 
-    assert [dataclasses.asdict(group) for group in from_file[:4]] == [dataclasses.asdict(g) for g in from_flags[:4]]
-    assert from_file[4].to_dict() == from_flags[4].to_dict()
-    assert from_file[2].num_buckets == 2 and from_file[3].autocast  # the file's values, --bf16 read as autocast
+    groups = ("model", "data", "shapes", "device")
+    assert [dataclasses.asdict(getattr(from_file, g)) for g in groups] == [
+        dataclasses.asdict(getattr(from_flags, g)) for g in groups]
+    assert from_file.training.to_dict() == from_flags.training.to_dict()
+    assert from_file.shapes.num_buckets == 2 and from_file.device.autocast  # the file's values, --bf16 as autocast
+    assert from_file.user_set == from_flags.user_set == set(values)
+
+    overridden = parse_arguments([str(tmp_path / "recipe.json"), "--num_buckets", "3", "--save_steps", "500"])
+    assert overridden.shapes.num_buckets == 3 and overridden.data.image_size == 64
+    assert overridden.user_set == {*values, "save_steps"}
 
 
-def test_device_flags_in_a_json_file_are_checked_first(tmp_path, no_model, caplog):
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*.json")))
+def test_every_shipped_recipe_parses_and_passes_the_flag_checks(recipe, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # a hub model id is not looked up
+    args = parse_arguments([str(REPO / "recipes" / recipe), "--output_dir", "unused"])
+    check_flags(args)
+    assert args.user_set >= {"model_name_or_path", "pad_objects"}
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--optim", "adamw_nope"], "argument --optim: invalid choice: 'adamw_nope'"),
+    (["--device", "gpu"], "argument --device: invalid choice: 'gpu' (choose from 'auto', 'cpu', 'cuda', 'hpu')"),
+    (["--trainer", "optimum"], "argument --trainer: invalid choice: 'optimum'"),
+    (["--image_size", "big"], "argument --image_size/--image-size: invalid int value: 'big'"),
+    (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag 1"),
+    (["--num_buckets", "3", "--pad_objects", "false"], "--num_buckets 3: has no effect without --pad_objects"),
+    (["--skip_nonfinite_batches", "--check_finite_loss", "false"], "--skip_nonfinite_batches: has no effect"),
+])
+def test_a_bad_flag_exits_2_with_one_line_naming_it_before_any_data_is_read(data_dir, tmp_path, monkeypatch, caplog,
+                                                                             flags, named):
+    def read_data(*args, **kwargs):
+        raise AssertionError("data were read")
+
+    monkeypatch.setattr("detr_ft.data.prepare.prepare_data", read_data)
+    argv = [arg for arg in entry_argv(data_dir, tmp_path / "run") if arg != "--pad_objects"]
+    argv = [*argv, *(["--pad_objects"] if "--pad_objects" not in flags else []), *flags]
+
+    assert run_in_process(argv) == 2
+
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0] and named in errors[0], errors
+    assert not (tmp_path / "run").exists()
+
+
+def test_device_flags_in_a_recipe_are_checked_first(tmp_path, no_model, caplog):
     (tmp_path / "flags.json").write_text(json.dumps({"output_dir": str(tmp_path / "run"), "device": "tpu"}))
 
     assert run_in_process([str(tmp_path / "flags.json")]) == 2
-    assert "--device tpu: choose auto, cpu, cuda or hpu" in caplog.text
+    assert "argument --device: invalid choice: 'tpu'" in caplog.text
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_that_is_not_a_json_object_of_flags_is_refused_by_name(tmp_path, caplog):
+    (tmp_path / "broken.json").write_text("{\"pad_images\": tru")
+    (tmp_path / "list.json").write_text("[1, 2]")
+
+    assert run_in_process([str(tmp_path / "broken.json")]) == 2
+    assert run_in_process([str(tmp_path / "list.json")]) == 2
+    assert f"recipe {tmp_path / 'broken.json'}: cannot be read as JSON" in caplog.text
+    assert f"recipe {tmp_path / 'list.json'}: a JSON object of flags is expected, found a list" in caplog.text

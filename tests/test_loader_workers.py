@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 from transformers import Trainer
 
+from detr_ft.config import parse_arguments
+from detr_ft.data import loader_workers
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.prepare import prepare_data
 from detr_ft.data.sources import carve_validation, load_coco_folder
-from detr_ft.train import arguments
-from detr_ft.train.arguments import finalize_training_arguments, parse_arguments
+from detr_ft.train.training_arguments import training_arguments
 
 
 class ParentProcessIds(torch.utils.data.Dataset):
@@ -33,8 +34,8 @@ class ParentProcessIds(torch.utils.data.Dataset):
 
 
 def finalized_training_arguments(tmp_path, *argv: str):
-    _, _, shapes, _, training = parse_arguments(["--output_dir", str(tmp_path), "--image_size", "32", *argv])
-    return finalize_training_arguments(training, shapes, images_per_canvas=[16])
+    args = parse_arguments(["--output_dir", str(tmp_path), "--image_size", "32", "--device", "cpu", *argv])
+    return training_arguments("cpu", args, images_per_canvas=[16])
 
 
 def test_training_loader_workers_are_not_forked_from_the_training_process(tmp_path):
@@ -52,13 +53,13 @@ def test_forkserver_workers_load_the_augmented_batches_forked_workers_load(synth
     folder = synthetic_coco(num_train=8, num_validation=2, image_size=32)
     epochs = {}
     for start_method in ("fork", "forkserver"):
-        _, data_args, shapes, _, training = parse_arguments([
+        args = parse_arguments([
             "--dataset_dir", str(folder), "--output_dir", str(tmp_path), "--image_size", "32", "--pad_images",
             "--pad_objects", "--per_device_train_batch_size", "2", "--report_to", "none", "--dataloader_pin_memory",
             "false", "--dataloader_multiprocessing_context", start_method])
-        data = prepare_data(data_args, shapes)
-        assert data_args.augment
-        training = finalize_training_arguments(training, shapes, data.images_per_canvas())
+        data = prepare_data(args.data, args.shapes)
+        assert args.data.augment
+        training = training_arguments("cpu", args, data.images_per_canvas())
         trainer = Trainer(model=torch.nn.Linear(1, 1), args=training, train_dataset=data.train,
                           eval_dataset=data.eval, data_collator=data.collator())
         loader = trainer.get_train_dataloader()
@@ -69,7 +70,7 @@ def test_forkserver_workers_load_the_augmented_batches_forked_workers_load(synth
 
 def machine(monkeypatch, cpus: int, processes: int) -> None:
     """This process may run on `cpus` CPUs, shared by `processes` training processes on the machine."""
-    monkeypatch.setattr(arguments.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(loader_workers.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
 
 
@@ -83,7 +84,7 @@ def machine(monkeypatch, cpus: int, processes: int) -> None:
 def test_default_workers_are_the_processs_share_of_its_cpus_less_one(monkeypatch, cpus, processes, workers):
     """README: (CPUs of this process / processes on the machine) - 1 workers, at least 1, at most 8."""
     machine(monkeypatch, cpus, processes)
-    assert arguments.default_dataloader_workers() == workers
+    assert loader_workers.default_dataloader_workers() == workers
 
 
 def test_a_run_without_a_worker_count_gets_the_default_workers(tmp_path, monkeypatch):

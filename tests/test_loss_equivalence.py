@@ -1,4 +1,4 @@
-"""Our padded-target DETR loss equals transformers' stock loss on the same, unpadded targets: every loss_dict
+"""Our padded-target DETR criterion equals transformers' stock loss on the same, unpadded targets: every loss_dict
 term, the total, and the gradients of all model outputs, for several bucket sizes."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss, HungarianMatcher
 
 from detr_ft.data.padding import DetectionCollator
-from detr_ft.model.loss import padded_detr_loss
+from detr_ft.model.criterion import DetrCriterion, TransformersCriterion
 from detr_ft.model.matcher import UNMATCHED, hungarian_match
+from detr_ft.model.outputs import DetectionOutput
 
 NUM_QUERIES, NUM_LABELS, DECODER_LAYERS = 10, 5, 3
 DATASET_MAX_OBJECTS = 12  # more than NUM_QUERIES: such an image gets only NUM_QUERIES matches
@@ -50,15 +51,26 @@ def make_outputs(batch_size: int, generator: torch.Generator) -> dict[str, torch
     }
 
 
-def run_loss(loss_fn, outputs, labels, config):
-    """(loss, loss_dict, auxiliary_outputs, gradients by output name) of `loss_fn` on fresh copies of `outputs`."""
+def run_loss(criterion, outputs, labels):
+    """(loss, loss_dict, gradients by output name) of `criterion` on fresh copies of `outputs`, stacked as the
+    label-free forward stacks them: the auxiliary layers, then the final layer's separate tensors."""
     leaves = {name: tensor.clone().requires_grad_() for name, tensor in outputs.items()}
-    loss, loss_dict, auxiliary_outputs = loss_fn(
-        leaves["logits"], labels, torch.device("cpu"), leaves["pred_boxes"], config,
-        leaves["outputs_class"], leaves["outputs_coord"],
-    )
+    layer_logits = torch.cat([leaves["outputs_class"][:-1], leaves["logits"][None]])  # (L, B, Q, C+1)
+    layer_boxes = torch.cat([leaves["outputs_coord"][:-1], leaves["pred_boxes"][None]])  # (L, B, Q, 4)
+    if not criterion.config.auxiliary_loss:
+        layer_logits, layer_boxes = leaves["logits"][None], leaves["pred_boxes"][None]  # (1, B, Q, .)
+    stacked = DetectionOutput(logits=layer_logits[-1], pred_boxes=layer_boxes[-1], layer_logits=layer_logits,
+                              layer_boxes=layer_boxes)
+    loss, loss_dict = criterion(stacked, labels)
     loss.backward()
-    return loss, loss_dict, auxiliary_outputs, {name: leaf.grad for name, leaf in leaves.items()}
+    return loss, loss_dict, {name: leaf.grad for name, leaf in leaves.items()}
+
+
+class StockModel:
+    """What TransformersCriterion reads of a model: its loss function and config."""
+
+    def __init__(self, config: DetrConfig):
+        self.loss_function, self.config = ForObjectDetectionLoss, config
 
 
 def assert_close(actual, expected, what):
@@ -77,21 +89,19 @@ def test_padded_loss_equals_stock(counts, bucket, auxiliary_loss):
     padded = DetectionCollator(bucket_sizes=[size]).targets(targets)
     assert padded["valid"].shape == (len(counts), size)
 
-    loss, loss_dict, aux, grads = run_loss(padded_detr_loss, outputs, padded, config)
-    stock_loss, stock_dict, stock_aux, stock_grads = run_loss(ForObjectDetectionLoss, outputs, targets, config)
+    loss, loss_dict, grads = run_loss(DetrCriterion(config), outputs, padded)
+    stock_loss, stock_dict, stock_grads = run_loss(TransformersCriterion(StockModel(config)), outputs, targets)
 
     assert list(loss_dict) == list(stock_dict)
+    assert ("loss_ce_0" in loss_dict) == auxiliary_loss  # the auxiliary layers' terms are there, or not
     for key in stock_dict:
         assert_close(loss_dict[key], stock_dict[key], key)
     assert_close(loss, stock_loss, "total loss")
     for name in stock_grads:
+        if stock_grads[name] is None:  # without auxiliary loss neither reads the stacked layers
+            assert grads[name] is None, name
+            continue
         assert_close(grads[name], stock_grads[name], f"gradient of {name}")
-    if auxiliary_loss:
-        assert [list(d) for d in aux] == [list(d) for d in stock_aux]
-        for ours, stock in zip(aux, stock_aux, strict=True):
-            assert all(torch.equal(ours[k], stock[k]) for k in stock)
-    else:
-        assert aux is None and stock_aux is None
 
 
 @pytest.mark.parametrize("counts", OBJECT_COUNTS, ids=str)
@@ -112,12 +122,12 @@ def test_matching_equals_stock_per_layer(counts):
 
 def test_bfloat16_outputs_give_the_float32_loss():
     generator = torch.Generator().manual_seed(0)
-    config = make_config(auxiliary_loss=True)
+    criterion = DetrCriterion(make_config(auxiliary_loss=True))
     padded = DetectionCollator(bucket_sizes=[8]).targets(make_targets([3, 0, 8], generator))
     outputs = {name: t.bfloat16() for name, t in make_outputs(3, generator).items()}
-    loss, loss_dict, _, grads = run_loss(padded_detr_loss, outputs, padded, config)
+    loss, loss_dict, grads = run_loss(criterion, outputs, padded)
     upcast = {name: t.float() for name, t in outputs.items()}
-    loss32, loss_dict32, _, grads32 = run_loss(padded_detr_loss, upcast, padded, config)
+    loss32, loss_dict32, grads32 = run_loss(criterion, upcast, padded)
     assert loss.dtype == torch.float32 and torch.equal(loss, loss32)
     assert all(torch.equal(loss_dict[k], loss_dict32[k]) for k in loss_dict32)
     assert all(grads[k].dtype == torch.bfloat16 and torch.equal(grads[k], grads32[k].bfloat16()) for k in grads32)

@@ -17,12 +17,14 @@ def test_applies_the_static_shape_patches_and_logs_them(caplog, stock_detr):
     with caplog.at_level(logging.INFO, logger="patches"):
         applied = apply_patches(stock_detr(), static_shapes=True)
 
-    assert applied == ["detr_encoder_sync", "detr_mask_sync", "detr_loss_num_boxes"]
-    assert "model patches applied: detr_encoder_sync, detr_mask_sync, detr_loss_num_boxes" in caplog.text
+    assert applied == ["detr_label_free_forward", "detr_encoder_sync", "detr_mask_sync", "detr_loss_num_boxes"]
+    assert ("model patches applied: detr_label_free_forward, detr_encoder_sync, detr_mask_sync, detr_loss_num_boxes"
+            in caplog.text)
 
 
 def test_stock_path_gets_no_forward_patch(stock_detr):
-    assert apply_patches(stock_detr(), static_shapes=False) == ["detr_loss_num_boxes"]
+    """The bench's stock path: the model as transformers ships it, the loss inside its forward."""
+    assert apply_patches(stock_detr(), static_shapes=False, label_free_forward=False) == ["detr_loss_num_boxes"]
 
 
 def test_loss_count_patch_makes_the_stock_loss_sum_the_counts_it_divides_by_world_size(monkeypatch, stock_detr):

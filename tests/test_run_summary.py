@@ -41,7 +41,7 @@ class FailInAuditedStep(TrainerCallback):
 
 
 def summary_callback(output_dir) -> RunSummaryCallback:
-    return RunSummaryCallback(output_dir, "cpu", None, 64, "fp32")
+    return RunSummaryCallback(output_dir, "cpu", None, 64, "fp32", audit_host_syncs=True)
 
 
 @pytest.mark.parametrize("where", ["forward", "pre_optimizer_step"])

@@ -1,5 +1,6 @@
-"""Host syncs of one DETR training step: the stock path has many, ours (patched model + padded loss) exactly one,
-the matcher's cost transfer. Also: the sync counter itself, and that the patches leave the model's results alone."""
+"""Host syncs of one DETR training step: the stock path has many, ours (patched model + padded-target criterion)
+exactly one, the matcher's cost transfer. Also: the sync counter itself, and that the patches leave the model's
+results alone."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from scipy.optimize import linear_sum_assignment
 from transformers import DetrForObjectDetection
 
 from detr_ft.data.padding import DetectionCollator
-from detr_ft.model.loss import padded_detr_loss
-from detr_ft.model.pure_forward import loss_from_outputs, use_pure_forward
+from detr_ft.model.criterion import DetrCriterion
 from detr_ft.train.sync_audit import HostSyncCounter
-from patches import detr_encoder_sync, detr_mask_sync
+from patches import detr_encoder_sync, detr_label_free_forward, detr_mask_sync
 
 
 def patched(model: DetrForObjectDetection) -> DetrForObjectDetection:
@@ -50,26 +50,17 @@ def test_stock_training_step_has_many_syncs(stock_detr):
     assert counter.by_op["Tensor.cpu"] == DECODER_LAYERS
 
 
-def test_patched_training_step_has_one_sync(stock_detr):
+def test_label_free_forward_reads_nothing_and_the_criterion_once(stock_detr):
+    """The forward the trainer calls (and HPU graphs cache) has no host read; the matcher's copy is in the criterion:
+    one host sync for the whole step."""
     model = patched(stock_detr())
-    model.loss_function = padded_detr_loss
-    batch = make_batch()
-    batch["labels"] = DetectionCollator(bucket_sizes=[4]).targets(batch["labels"])
-    counter = count_training_step_syncs(model, batch)
-    assert dict(counter.by_op) == {"Tensor.cpu": 1}
-
-
-def test_label_free_forward_reads_nothing_and_the_loss_once(stock_detr):
-    """The forward the trainer calls (and HPU graphs cache) has no host read; the matcher's copy is in the loss."""
-    model = patched(stock_detr())
-    model.loss_function = padded_detr_loss
-    use_pure_forward(model)
+    assert detr_label_free_forward.patch_model(model) == 1
     batch = make_batch()
     labels = DetectionCollator(bucket_sizes=[4]).targets(batch.pop("labels"))
     with HostSyncCounter() as forward_counter:
         outputs = model(**batch)
     with HostSyncCounter() as loss_counter:
-        loss_from_outputs(model, outputs, labels)[0].backward()
+        DetrCriterion(model.config)(outputs, labels)[0].backward()
     assert forward_counter.count == 0, forward_counter.by_op
     assert dict(loss_counter.by_op) == {"Tensor.cpu": 1}
 

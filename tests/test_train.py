@@ -35,7 +35,8 @@ def padded_run(synthetic_dir, tmp_path_factory):
     """detr-tiny, 96 images, 12 steps an epoch, 4 epochs, checkpoint + mAP every 2 epochs."""
     return train(tmp_path_factory.mktemp("runs"), "padded", "--dataset_dir", str(synthetic_dir), "--pad_images",
                  "--pad_objects", "--num_buckets", "1", "--num_train_epochs", "4", "--ckpt_store_interval_epochs",
-                 "2", "--logging_steps", "1", "--save_total_limit", "5", "--check_finite_loss", "false")
+                 "2", "--logging_steps", "1", "--save_total_limit", "5", "--check_finite_loss", "false",
+                 "--audit_host_syncs")
 
 
 @slow

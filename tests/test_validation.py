@@ -18,13 +18,13 @@ from entry_runs import entry_command
 from PIL import Image, ImageFile
 
 import run_object_detection
+from detr_ft.config import DataArguments, StaticShapeArguments
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.prepare import PreparedData, prepare_data, validated_splits
 from detr_ft.data.sources import CocoSplit, DatasetError, load_coco_folder
 from detr_ft.data.validation import validate_split
 from detr_ft.evaluation.coco_map import coco_map
-from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 
 import albumentations as A
 import numpy as np
@@ -23,6 +21,7 @@ from PIL import Image
 from detr_ft.data.augmentation import reseed_augmentation
 from detr_ft.data.canvases import assign_canvases
 from detr_ft.data.images import Canvas, Preprocessing
+from detr_ft.data.loader_workers import exit_with
 from detr_ft.data.sources import CocoSplit
 
 logger = logging.getLogger(__name__)
@@ -69,21 +68,6 @@ def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[t
             for b, lb in zip(boxes, labels, strict=True)]
 
 
-def exit_with(pid: int, interval_s: float = 1.0) -> None:
-    """End this process (a data loader worker) once process `pid` is gone; checked every `interval_s` by a daemon
-    thread."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(interval_s)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-
-    threading.Thread(target=watch, name=f"exit-with-{pid}", daemon=True).start()
-
-
 class DetectionDataset(torch.utils.data.Dataset):
     """Model samples from a `CocoSplit`: pixel_values (3, h, w) with max(h, w) == image_size, plus targets.
 
@@ -106,10 +90,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __setstate__(self, state: dict) -> None:
         """Unpickled in a data loader worker that was not forked from the training process (forkserver, spawn).
-        Pillow's process-wide decompression-bomb limit is back at its default there: set the run's again. And
-        torch's worker watchdog checks the worker's parent, which under a forkserver is the server: a trainer killed
-        without shutting its loader down would leave the worker (and the server it keeps alive) running forever, so
-        the worker ends itself once the process that pickled the dataset is gone (`exit_with`)."""
+        Pillow's process-wide decompression-bomb limit is back at its default there: set the run's again. And the
+        worker ends itself once the process that pickled the dataset is gone (`loader_workers.exit_with`)."""
         loading_process = state.pop("loading_process")
         self.__dict__.update(state)
         Image.MAX_IMAGE_PIXELS = self.max_image_pixels

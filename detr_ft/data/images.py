@@ -17,7 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
-from transformers import DetrImageProcessor
+
+try:  # transformers 5: the PIL-based processor under its own name (the default one needs torchvision, and warns)
+    from transformers import DetrImageProcessorPil as DetrImageProcessor
+except ImportError:  # transformers 4.55 (the Gaudi stack): the default processor is the PIL-based one
+    from transformers import DetrImageProcessor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

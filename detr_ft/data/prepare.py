@@ -1,5 +1,6 @@
 """The data of one training run: validated splits, their datasets, the class mapping, the image canvases and the
-target buckets."""
+target buckets. A test split, when the dataset has one besides the train and eval splits, is validated with them
+and scored once, by the final model."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from detr_ft.config import DataArguments, StaticShapeArguments
 from detr_ft.data.augmentation import train_augmentation
 from detr_ft.data.canvases import CanvasGroupedSampler, choose_canvases, padded_pixel_fraction
 from detr_ft.data.dataset import DetectionDataset, is_crowd
 from detr_ft.data.images import Canvas
 from detr_ft.data.labels import ClassMapping, missing_names
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
-from detr_ft.data.sources import CocoSplit, DatasetError, carve_validation, load_splits
+from detr_ft.data.sources import TEST_SPLIT, CocoSplit, DatasetError, carve_validation, load_splits, load_test_split
 from detr_ft.data.validation import refuse_if, validate_split
-from detr_ft.train.arguments import DataArguments, StaticShapeArguments
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class PreparedData:
     bucket_sizes: list[int] | None
     eval_classes: ClassMapping  # `classes` matched by name to the eval split's own category ids
     canvases: list[Canvas] | None = None  # --pad_images: the (H, W) canvases; None: stock per-batch padding
+    test: DetectionDataset | None = None  # the dataset's TEST_SPLIT, when it is neither the train nor the eval split
+    test_classes: ClassMapping | None = None
 
     @property
     def padded_pixel_fraction(self) -> float | None:
@@ -58,9 +61,9 @@ class PreparedData:
         return [image["file_name"] for image in self.train.split.coco["images"]]
 
     def collator(self) -> DetectionCollator:
-        """An eval image may hold more objects than any train image: that count becomes one more bucket."""
+        """An eval or test image may hold more objects than any train image: that count becomes one more bucket."""
         buckets = self.bucket_sizes
-        eval_max = int(self.eval.object_counts().max(initial=0))
+        eval_max = max(int(dataset.object_counts().max(initial=0)) for dataset in (self.eval, self.test) if dataset)
         if buckets and eval_max > buckets[-1]:
             buckets = [*buckets, eval_max]
         return DetectionCollator(bucket_sizes=buckets, canvases=self.canvases)
@@ -107,8 +110,22 @@ def validated_splits(data: DataArguments, carve_missing_eval: bool = True) -> tu
     return train_split, eval_split
 
 
+def validated_test_split(data: DataArguments, train: CocoSplit) -> CocoSplit | None:
+    """The dataset's TEST_SPLIT, validated against train's category names; None when it has none, or when it is the
+    train or eval split."""
+    if TEST_SPLIT in (data.train_split, data.eval_split):
+        return None
+    test = load_test_split(data.dataset_name, data.dataset_dir)
+    if test is None:
+        return None
+    test = validate_split(test, allow_external_images=data.allow_external_images)
+    refuse_if(class_name_problems(train, test), test.source or test.name)
+    return test
+
+
 def prepare_data(data: DataArguments, shapes: StaticShapeArguments) -> PreparedData:
     train_split, eval_split = validated_splits(data)
+    test_split = validated_test_split(data, train_split)
     classes = ClassMapping.from_categories(train_split.coco["categories"])
     augmentation = train_augmentation() if data.augment else None
     canvases = None
@@ -122,10 +139,15 @@ def prepare_data(data: DataArguments, shapes: StaticShapeArguments) -> PreparedD
                               zip(classes.names, classes.category_ids, eval_classes.category_ids, strict=True)
                               if ours != theirs))
     evaluation = DetectionDataset(eval_split, eval_classes.category_to_label, data.image_size, canvases=canvases)
+    test = test_classes = None
+    if test_split is not None:
+        test_classes = ClassMapping.for_model(classes.id2label, test_split.coco["categories"])
+        test = DetectionDataset(test_split, test_classes.category_to_label, data.image_size, canvases=canvases)
     buckets = compute_bucket_sizes(train.object_counts(), shapes.num_buckets) if shapes.buckets_on else None
-    prepared = PreparedData(train, evaluation, classes, buckets, eval_classes, canvases)
-    logger.info("train: %d images, eval: %d images, classes: %s, target buckets: %s",
-                len(train), len(evaluation), list(classes.names), buckets or "none (stock variable targets)")
+    prepared = PreparedData(train, evaluation, classes, buckets, eval_classes, canvases, test, test_classes)
+    logger.info("train: %d images, eval: %d images, %sclasses: %s, target buckets: %s", len(train), len(evaluation),
+                f"test: {len(test)} images (scored by the final model), " if test else "", list(classes.names),
+                buckets or "none (stock variable targets)")
     if canvases:
         logger.info("image canvases (H, W): %s, train images per canvas: %s, padded pixels: %.1f%%; graphs per "
                     "run: %d canvases x %s target buckets", canvases, prepared.images_per_canvas(),
@@ -135,7 +157,9 @@ def prepare_data(data: DataArguments, shapes: StaticShapeArguments) -> PreparedD
 
 def warn_queries_overflow(data: PreparedData, num_queries: int) -> None:
     """DETR matches at most num_queries objects per image; extra ones stay unmatched (as in stock) but count."""
-    for name, dataset in (("train", data.train), ("eval", data.eval)):
+    for name, dataset in (("train", data.train), ("eval", data.eval), ("test", data.test)):
+        if dataset is None:
+            continue
         overflow = int((dataset.object_counts() > num_queries).sum())
         if overflow:
             logger.warning("%s: %d images have more objects than num_queries=%d; the extra objects cannot be "

@@ -20,6 +20,7 @@ from detr_ft.data.images import to_rgb
 
 COCO_LAYOUT = "images/ and annotations/<split>.json (COCO: images, annotations, categories)"
 VALIDATION_NAMES = ("validation", "val", "valid")  # what exporters call the evaluation split's json
+TEST_SPLIT = "test"  # scored once with the final model, when the dataset has it
 MAKE_CPPE5 = ("`make cppe5` downloads the original CPPE-5 release into that layout in data/cppe5 (then "
               "--dataset_dir data/cppe5)")
 
@@ -196,3 +197,12 @@ def load_splits(
     return train, coco_from_hub_split(hub[eval_split], eval_split) if eval_split in hub else None
 
 
+
+
+def load_test_split(dataset_name: str | None, dataset_dir: str | None) -> CocoSplit | None:
+    """The dataset's TEST_SPLIT from its COCO folder (preferred when given) or the hub; None when it has none."""
+    if dataset_dir:
+        exists = (Path(dataset_dir) / "annotations" / f"{TEST_SPLIT}.json").exists()
+        return load_coco_folder(dataset_dir, TEST_SPLIT) if exists else None
+    hub = load_hub_dataset(dataset_name)
+    return coco_from_hub_split(hub[TEST_SPLIT], TEST_SPLIT) if TEST_SPLIT in hub else None

@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+from detr_ft.config import DataArguments
 from detr_ft.console import on_terminal, setup_logging
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.sources import CocoSplit
@@ -30,7 +31,6 @@ from detr_ft.evaluation.loop import CocoMetrics
 from detr_ft.evaluation.report import TABLE_KEYS, format_map_table
 from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, several_processes_error, split_rows
 from detr_ft.run_files import read_run_arguments, write_json_atomic
-from detr_ft.train.arguments import DataArguments
 from detr_ft.train.checkpoints import checkpoint_step, complete_checkpoints
 
 logger = logging.getLogger("detr_ft.evaluation.eval_checkpoints")  # not __name__: that is __main__ under -m

@@ -34,6 +34,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from transformers import HfArgumentParser
 
+from detr_ft.config import DataArguments
 from detr_ft.console import on_terminal, setup_logging
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.sources import CocoSplit
@@ -42,7 +43,6 @@ from detr_ft.evaluation.coco_map import detections_from_predictions
 from detr_ft.evaluation.loop import CocoMetrics
 from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, several_processes_error, split_rows
 from detr_ft.run_files import read_run_arguments
-from detr_ft.train.arguments import DataArguments
 
 logger = logging.getLogger("detr_ft.evaluation.inference")  # not __name__: that is __main__ under -m
 

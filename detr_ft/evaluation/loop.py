@@ -2,13 +2,10 @@
 
 `preprocess_logits_for_metrics` runs on the device per batch and shrinks DETR's outputs to one static-shape
 tensor (B, Q, 7): [score, label, cx, cy, w, h, image_index]; `compute_metrics` turns the gathered rows into
-COCO detections in original pixels and scores them against the split's own COCO json.
-
-Under several processes the loop gathers, per batch, the rows and whatever `prediction_step` returns as labels.
-DETR's labels differ in shape between processes (a target bucket per batch, or a list of per-image tensors), which
-all_gather cannot take, so `gather_image_index_as_labels` makes `prediction_step` return the batch's image index
-(B,) instead: the loss still gets the full labels, the metric needs nothing else. The padded evaluation set splits
-into the same number of full batches on every process, so the gathered rows are the 1-process rows, reordered.
+COCO detections in original pixels and scores them against the split's own COCO json. The trainer's
+`prediction_step` (train/trainer.py) hands the batch's image index as its labels, so the gathered rows of several
+processes are the 1-process rows, reordered: the padded evaluation set splits into the same number of full batches
+on every process.
 
 Outside training (eval_checkpoints, inference) `predict_rows` runs the same Trainer loop on a saved model, with
 the same padded evaluation set, collator and `preprocess_logits_for_metrics`, so `CocoMetrics.score` of its rows
@@ -17,40 +14,24 @@ gives the mAP the training callback logged for that checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 
 import numpy as np
 import torch
 from transformers import EvalPrediction, PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
-from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
 from detr_ft.data.dataset import DetectionDataset, PaddedToMultiple
 from detr_ft.data.images import Canvas
 from detr_ft.data.labels import ClassMapping
-from detr_ft.data.padding import DetectionCollator, batch_image_index
+from detr_ft.data.padding import DetectionCollator
 from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.coco_map import coco_map, detections_from_predictions, postprocess_logits
-
-# Every output but logits and pred_boxes stays on the device during evaluation.
-EVAL_IGNORE_KEYS = [f.name for f in dataclasses.fields(DetrObjectDetectionOutput)
-                    if f.name not in ("logits", "pred_boxes")]
-
-
-def gather_image_index_as_labels(trainer: Trainer) -> Trainer:
-    """Make `trainer.prediction_step` (Trainer's or GaudiTrainer's) return the batch's image index (B,) as labels."""
-    prediction_step = trainer.prediction_step
-
-    def prediction_step_with_image_index(*args, **kwargs):
-        loss, outputs, labels = prediction_step(*args, **kwargs)
-        return loss, outputs, None if labels is None else batch_image_index(labels)
-
-    trainer.prediction_step = prediction_step_with_image_index
-    return trainer
+from detr_ft.train.trainer import DetectionTrainer
 
 
 def preprocess_logits_for_metrics(outputs: tuple, image_index: torch.Tensor) -> torch.Tensor:
-    """Rows (B, Q, 7) of a batch, from its outputs and image index (B,) (`gather_image_index_as_labels`)."""
+    """Rows (B, Q, 7) of a batch, from its (logits, pred_boxes) and image index (B,) (the trainer's
+    `prediction_step`)."""
     logits, pred_boxes = outputs[:2]  # (B, Q, C+1), (B, Q, 4)
     detections = postprocess_logits(logits.float(), pred_boxes.float())  # (B, Q, 6)
     index_column = image_index.to(detections)[:, None, None].expand(-1, detections.shape[1], 1)  # (B, Q, 1)
@@ -98,6 +79,18 @@ class CocoMetrics(RowCollector):
         return coco_map(self.split.coco, detections, self.classes.category_names)
 
 
+def evaluate_split(trainer: Trainer, dataset: DetectionDataset, classes: ClassMapping, prefix: str) -> dict[str, float]:
+    """mAP of the trainer's model on another split (`dataset`, its classes matched to the model's), through the
+    trainer's own evaluation loop; the metrics' names without `prefix`, which the trainer's log gives them."""
+    compute_metrics, trainer.compute_metrics = trainer.compute_metrics, CocoMetrics(dataset.split, classes)
+    try:
+        multiple = trainer.args.per_device_eval_batch_size * trainer.args.world_size
+        metrics = trainer.evaluate(PaddedToMultiple(dataset, multiple), metric_key_prefix=prefix)
+    finally:
+        trainer.compute_metrics = compute_metrics
+    return {name.removeprefix(f"{prefix}_"): value for name, value in metrics.items()}
+
+
 def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, canvases: list[Canvas] | None,
                  batch_size: int, show_progress: bool = True) -> np.ndarray:
     """Rows (N, Q, 7) [score, label, cx, cy, w, h, image_index] for the N images of `dataset`, in dataset order.
@@ -113,13 +106,13 @@ def predict_rows(model: PreTrainedModel, dataset: DetectionDataset, canvases: li
                                  dataloader_drop_last=True, remove_unused_columns=False, report_to="none",
                                  dataloader_pin_memory=torch.accelerator.is_available(),
                                  disable_tqdm=not show_progress)
-        trainer = gather_image_index_as_labels(Trainer(
+        trainer = DetectionTrainer(
             model=model, args=args, data_collator=DetectionCollator(canvases=canvases),
             eval_dataset=PaddedToMultiple(dataset, batch_size * args.world_size), compute_metrics=collector,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics))
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics)  # no criterion: predictions only
         if not show_progress:
             trainer.remove_callback(PrinterCallback)  # it would print the loop's timing dict instead
-        trainer.evaluate(ignore_keys=EVAL_IGNORE_KEYS)
+        trainer.evaluate()
     rows = collector.take()  # (N + fillers, Q, 7)
     rows = rows[rows[:, 0, 6] >= 0]  # (N, Q, 7)
     return rows[np.argsort(rows[:, 0, 6], kind="stable")]  # (N, Q, 7)

@@ -9,6 +9,7 @@ import numpy as np
 import transformers
 from transformers import DetrForObjectDetection
 
+from detr_ft.config import TRAINING_DEFAULTS, DataArguments
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.images import Preprocessing
 from detr_ft.data.labels import ClassMapping
@@ -17,7 +18,6 @@ from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.loop import predict_rows
 from detr_ft.launcher import launched_processes
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
-from detr_ft.train.arguments import TRAINING_DEFAULTS, DataArguments
 
 
 def several_processes_error(command: str) -> str | None:

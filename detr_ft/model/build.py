@@ -20,7 +20,6 @@ from transformers import DetrConfig, DetrForObjectDetection
 
 from detr_ft.model.presets import is_preset, load_preset, preset_names
 from detr_ft.run_files import read_run_arguments
-from patches.detr_backbone_stages import backbone_network
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +62,12 @@ def build_model(
     if freeze_backbone:
         model.model.backbone.requires_grad_(False)
     return model
+
+
+def backbone_network(model: nn.Module) -> nn.Module:
+    """The CNN inside DETR's DetrConvEncoder, which transformers 4.55 wraps in a DetrConvModel."""
+    conv_encoder = model.model.backbone
+    return getattr(conv_encoder, "conv_encoder", conv_encoder).model
 
 
 def trained_from_scratch(name_or_path: str) -> bool:

@@ -1,22 +1,22 @@
-"""One place picks the device and the trainer: optimum-habana's GaudiTrainer on HPU, transformers' Trainer else.
+"""The device: its flags checked and the environment set before anything imports habana_frameworks, and the
+compiler settings for fixed image shapes.
 
-`check_device_settings` runs first, before anything imports habana_frameworks: HPU lazy/eager mode is read
-from PT_HPU_LAZY_MODE at import time, so the variable must agree with --use_lazy_mode before that. Even building
-TrainingArguments imports it on a Gaudi host, so the check reads the device flags alone (`arguments.device_arguments`).
-`--trainer gaudi` runs GaudiTrainer off Gaudi too (use_habana=False): that is how CI exercises the Gaudi path.
+`check_device_settings` runs first: HPU lazy/eager mode is read from PT_HPU_LAZY_MODE when habana_frameworks is first
+imported, so the variable must agree with --use_lazy_mode before that. Even building TrainingArguments imports it on
+a Gaudi host, so the check reads the device flags alone (`config.device_arguments`). The trainer and its arguments
+for each device: train/trainer.py and train/training_arguments.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
 from contextlib import AbstractContextManager
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
-from detr_ft.train.arguments import DeviceArguments
-from detr_ft.train.trainer_loss import LossFromOutputs
+from detr_ft.config import DeviceArguments
 
 
 class DeviceSettingsError(ValueError):
@@ -26,10 +26,6 @@ class DeviceSettingsError(ValueError):
 def check_device_settings(device: DeviceArguments) -> str:
     """Validate the flags, set what habana_frameworks reads at import to match them (PT_HPU_LAZY_MODE, the autocast
     op lists of --gaudi_config_name), and return the device type to run on."""
-    if device.device not in ("auto", "cpu", "cuda", "hpu"):
-        raise DeviceSettingsError(f"--device {device.device}: choose auto, cpu, cuda or hpu")
-    if device.trainer not in ("auto", "hf", "gaudi"):
-        raise DeviceSettingsError(f"--trainer {device.trainer}: choose auto, hf or gaudi")
     if device.device == "hpu" and not device.use_habana:
         raise DeviceSettingsError("--device hpu needs --use_habana (the Gaudi path runs through optimum-habana)")
     if device.use_habana and device.device in ("cpu", "cuda"):
@@ -72,30 +68,11 @@ def declare_autocast_op_lists(gaudi_config_name: str) -> None:
     config.declare_autocast_bf16_fp32_ops()
 
 
-def training_arguments(device_type: str, device: DeviceArguments, training: TrainingArguments) -> TrainingArguments:
-    """TrainingArguments for CPU/CUDA, GaudiTrainingArguments for HPU or `--trainer gaudi`."""
-    # Pinned host memory speeds up copies to an accelerator; on CPU there is no copy to speed up.
-    common = {"use_cpu": device_type == "cpu", "bf16": training.bf16 or device.autocast,
-              "dataloader_pin_memory": training.dataloader_pin_memory and device_type != "cpu"}
-    if device_type != "hpu" and device.trainer != "gaudi":
-        return dataclasses.replace(training, **common)
-    from optimum.habana import GaudiTrainingArguments
-
-    on_hpu = device_type == "hpu"
-    gaudi_fields = {f.name for f in dataclasses.fields(GaudiTrainingArguments) if f.init}
-    values = {f.name: getattr(training, f.name) for f in dataclasses.fields(training)
-              if f.init and f.name in gaudi_fields}
-    return GaudiTrainingArguments(**{
-        **values,
-        **common,
-        "use_habana": on_hpu,
-        "use_lazy_mode": on_hpu and device.use_lazy_mode,
-        "use_hpu_graphs_for_training": device.use_hpu_graphs_for_training,
-        "use_hpu_graphs_for_inference": device.use_hpu_graphs_for_inference,
-        "throughput_warmup_steps": device.throughput_warmup_steps,
-        # Gaudi's autocast is HPU-only; bf16 elsewhere goes through torch's CPU autocast.
-        "half_precision_backend": "hpu_amp" if on_hpu else "cpu_amp",
-    })
+def compile_settings(training: TrainingArguments, canvases: list[tuple[int, int]] | None) -> AbstractContextManager:
+    """Around training: `compile_each_image_shape_once` with `--torch_compile` on fixed image shapes (`canvases`)."""
+    if training.torch_compile and canvases:
+        return compile_each_image_shape_once(len(canvases))
+    return contextlib.nullcontext()
 
 
 def compile_each_image_shape_once(image_shapes: int) -> AbstractContextManager:
@@ -109,34 +86,3 @@ def compile_each_image_shape_once(image_shapes: int) -> AbstractContextManager:
     """
     return torch._dynamo.config.patch(automatic_dynamic_shapes=False,
                                       recompile_limit=max(torch._dynamo.config.recompile_limit, 2 * image_shapes))
-
-
-class DetrTrainer(LossFromOutputs, Trainer):
-    """transformers' Trainer computing the loss from a label-free forward (detr_ft/train/trainer_loss.py)."""
-
-
-def build_trainer(device: DeviceArguments, args: TrainingArguments,
-                  train_sampler: torch.utils.data.Sampler | None = None, **trainer_kwargs) -> Trainer:
-    """The trainer that goes with `args`; `trainer_kwargs` are the usual Trainer arguments (model, datasets, ...).
-    Both compute the loss outside the model's forward (`LossFromOutputs`).
-
-    `train_sampler` replaces the trainer's random one (`canvases.CanvasGroupedSampler`); both trainers build their
-    training DataLoader from `_get_train_sampler()` with the per-device batch size and drop_last, and accelerate
-    passes a custom sampler on (sharding its batches over processes) and calls its `set_epoch`."""
-    if type(args) is TrainingArguments:
-        trainer = DetrTrainer(args=args, **trainer_kwargs)
-    else:
-        from optimum.habana import GaudiConfig, GaudiTrainer
-
-        class DetrGaudiTrainer(LossFromOutputs, GaudiTrainer):
-            """optimum-habana's GaudiTrainer computing the loss from a label-free forward."""
-
-        # GaudiTrainer calls GaudiConfig.from_pretrained(None) unless it gets an object: always pass one.
-        on_hpu = args.use_habana
-        gaudi_config = (GaudiConfig.from_pretrained(device.gaudi_config_name) if device.gaudi_config_name
-                        else GaudiConfig(use_fused_adam=on_hpu, use_fused_clip_norm=on_hpu,
-                                         use_torch_autocast=args.bf16))
-        trainer = DetrGaudiTrainer(gaudi_config=gaudi_config, args=args, **trainer_kwargs)
-    if train_sampler is not None:
-        trainer._get_train_sampler = lambda *_: train_sampler
-    return trainer

@@ -1,14 +1,15 @@
 """Every flag checked in one place, before data is read or a model is built; each refusal names the flag and a
-valid value, all refusals in one message.
+valid value, all refusals in one message (one line for one refused flag).
 
-    check_flags           values out of range; flags the project sets itself, when the user set them otherwise;
-                          Trainer flags that do not apply to DETR (label smoothing);
+    check_flags           values out of range; flags that have no effect with the others; flags the project sets
+                          itself, when the user set them otherwise; Trainer flags that do not apply to DETR;
                           an --optim transformers cannot build here; a --model_name_or_path that cannot load
                           (offline: at once, not after the hub's retries)
     static_shape_defaults on a graph-compiling device: image padding on unless turned off, the cost of what is off
     check_batch_fits      the batch against the training set (once the data is read, still before the model)
 
-"Set by the user" means given on the command line (or in the JSON file), whatever its value: `user_set_flags`.
+"Set by the user" means given on the command line (or in its recipe), whatever its value: `config.user_set_flags`.
+Choices and types are checked earlier still, by the parser (`config.FlagParser`).
 """
 
 from __future__ import annotations
@@ -18,30 +19,16 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
+from detr_ft.config import AUTO_WORKERS, DeviceArguments, FlagError, RunArguments, StaticShapeArguments
 from detr_ft.model.presets import is_preset, preset_names
-from detr_ft.train.arguments import (
-    AUTO_WORKERS,
-    DataArguments,
-    DeviceArguments,
-    ModelArguments,
-    StaticShapeArguments,
-    steps_per_epoch,
-)
 from detr_ft.train.optimizer import library_optimizer
+from detr_ft.train.training_arguments import PROJECT_SETS, steps_per_epoch
 
 logger = logging.getLogger(__name__)
 
 # The backbone's stride: a smaller image leaves no feature map.
 MIN_IMAGE_SIZE = 32
 
-# Flags `finalize_training_arguments` sets, the value it sets and why: a user value other than it is refused.
-PROJECT_SETS = {
-    "eval_strategy": ("steps", "mAP is evaluated at every checkpoint, into eval_history.json"),
-    "save_strategy": ("steps", "a checkpoint is saved every --ckpt_store_interval_epochs epochs"),
-    "dataloader_drop_last": (True, "the last partial batch is dropped to keep batch shapes constant"),
-    "batch_eval_metrics": (True, "mAP is computed batch by batch"),
-    "remove_unused_columns": (False, "the collator needs every column"),
-}
 # Trainer flags that do not apply to DETR, their inert value and why: any other value is refused (the stock Trainer
 # crashes on them with DETR's labels; ours would skip them without a word).
 NOT_FOR_DETR = {
@@ -52,13 +39,11 @@ NOT_FOR_DETR = {
 DERIVED_FROM_INTERVAL = ("save_steps", "eval_steps")
 
 
-class FlagError(ValueError):
-    """One or more flags refused; the message has one line per flag."""
-
-
-def check_flags(model: ModelArguments, data: DataArguments, shapes: StaticShapeArguments, device: DeviceArguments,
-                training: TrainingArguments, user_set: set[str]) -> None:
-    """Raise FlagError naming every flag that is out of range or that the project would silently replace."""
+def check_flags(args: RunArguments) -> None:
+    """Raise FlagError naming every flag that is out of range, has no effect, or that the project would silently
+    replace."""
+    model, data, shapes, device, training, user_set = (args.model, args.data, args.shapes, args.device, args.training,
+                                                       args.user_set)
     problems = []
     if data.image_size is not None and data.image_size < MIN_IMAGE_SIZE:
         problems.append(f"--image_size {data.image_size}: must be at least {MIN_IMAGE_SIZE} (e.g. 800, DETR's); "
@@ -66,12 +51,18 @@ def check_flags(model: ModelArguments, data: DataArguments, shapes: StaticShapeA
     if shapes.num_buckets < 0:
         problems.append(f"--num_buckets {shapes.num_buckets}: must be >= 1 with --pad_objects (e.g. 1), or 0 for no "
                         "target padding")
+    elif "num_buckets" in user_set and shapes.num_buckets > 0 and not shapes.pad_objects:
+        problems.append(f"--num_buckets {shapes.num_buckets}: has no effect without --pad_objects (targets stay "
+                        "unpadded): add --pad_objects, or drop --num_buckets")
     if shapes.image_buckets < 1:
         problems.append(f"--image_buckets {shapes.image_buckets}: must be >= 1 (e.g. 2 for CPPE-5; 1 = the "
                         "image_size x image_size square)")
     elif shapes.image_buckets > 1 and not pads_images(shapes, device, training, user_set):
         problems.append(f"--image_buckets {shapes.image_buckets}: needs --pad_images (without it a batch is padded to "
                         "its largest image): add --pad_images, or drop --image_buckets")
+    if shapes.skip_nonfinite_batches and not shapes.check_finite_loss:
+        problems.append("--skip_nonfinite_batches: has no effect with --check_finite_loss false (nothing reads the "
+                        "loss): drop one of them")
     if training.dataloader_num_workers < AUTO_WORKERS:
         problems.append(f"--dataloader_num_workers {training.dataloader_num_workers}: must be >= 0 (e.g. 4); leave "
                         "it out for one per CPU of this process's share, minus one")
@@ -106,6 +97,8 @@ def check_flags(model: ModelArguments, data: DataArguments, shapes: StaticShapeA
     except (ValueError, ImportError) as error:
         problems.append(f"--optim {getattr(training.optim, 'value', training.optim)}: {error}")
     problems += model_source_problems(model.model_name_or_path, model.model_revision)
+    if len(problems) == 1:
+        raise FlagError(problems[0])
     if problems:
         raise FlagError("refused flags:\n  " + "\n  ".join(problems))
 
@@ -146,11 +139,11 @@ def pads_images(shapes: StaticShapeArguments, device: DeviceArguments, training:
     return shapes.pad_images or ("pad_images" not in user_set and graph_compiler(device, training) is not None)
 
 
-def static_shape_defaults(shapes: StaticShapeArguments, device: DeviceArguments, training: TrainingArguments,
-                          user_set: set[str]) -> None:
+def static_shape_defaults(args: RunArguments) -> None:
     """On a graph-compiling device image padding is on unless the user turned it off; every static-shape flag left
     off is named in a warning with its cost."""
-    compiler = graph_compiler(device, training)
+    shapes, user_set = args.shapes, args.user_set
+    compiler = graph_compiler(args.device, args.training)
     if compiler is None:
         return
     if "pad_images" not in user_set:

@@ -36,8 +36,8 @@ class MapHistoryCallback(TrainerCallback):
             write_json_atomic(self.path, kept)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not state.is_world_process_zero or not metrics:
-            return
+        if not state.is_world_process_zero or not any(name.startswith(self.metric_prefix) for name in metrics or {}):
+            return  # another split's evaluation (the test split's, at the end)
         record = {
             "epoch": round(state.epoch or 0.0, 4),
             "step": state.global_step,

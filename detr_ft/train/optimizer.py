@@ -3,11 +3,19 @@ parameter groups, backbone and the rest."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
+
+from detr_ft.config import ModelArguments
+
+logger = logging.getLogger(__name__)
+
+# The backbone's learning rate for a pretrained model, as in DETR's paper.
+PRETRAINED_BACKBONE_LR = 1e-5
 
 # --optim values that are AdamW: Habana's fused AdamW on HPU, as GaudiTrainer builds it with use_fused_adam.
 ADAMW_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
@@ -56,6 +64,21 @@ def build_optimizer(model: nn.Module, learning_rate: float, backbone_lr: float, 
     """Build it after the model is on its device: moving to HPU may replace the parameter objects."""
     groups = [g for g in optimizer_param_groups(model, learning_rate, backbone_lr, weight_decay) if g["params"]]
     return optimizer_class(groups, lr=learning_rate, **(optimizer_kwargs or {}))
+
+
+def run_optimizer(model: nn.Module, model_args: ModelArguments, training: TrainingArguments,
+                  from_scratch: bool) -> torch.optim.Optimizer:
+    """The run's optimizer: `--optim` over the backbone (at --backbone_lr: PRETRAINED_BACKBONE_LR for a pretrained
+    model, --learning_rate from scratch) and the rest; what trains at which rate is logged."""
+    backbone_lr = model_args.backbone_lr
+    if backbone_lr is None:
+        backbone_lr = training.learning_rate if from_scratch else PRETRAINED_BACKBONE_LR
+    optimizer_class, optimizer_kwargs = optimizer_class_and_kwargs(training)
+    optimizer = build_optimizer(model, training.learning_rate, backbone_lr, training.weight_decay, optimizer_class,
+                                optimizer_kwargs)
+    logger.info("what trains, stepped by %s:\n  %s", describe_optimizer(optimizer_class, optimizer_kwargs),
+                "\n  ".join(describe_training(model, optimizer)))
+    return optimizer
 
 
 def parameter_group_name(name: str) -> str:

@@ -7,10 +7,10 @@
   outlive it by seconds, long enough to refuse its rerun. Under DDP only rank 0 takes it (as torchrun or mpirun
   numbers it: `detr_ft.launcher`); the launcher stops the other ranks when rank 0 exits.
 - The same run: before anything is written, `check_same_run` compares the flags that define the run (data, classes,
-  image size, static shapes, model, optimizer settings a checkpoint's optimizer state would silently replace) with
-  the folder's run_args.json. The same: rerunning resumes. Different: refused, naming the flags, unless
-  --overwrite_output_dir, which removes the earlier run's checkpoints and starts over. Other flags (logging, eval
-  batch size, --num_train_epochs to extend a run, the device) may change on resume.
+  image size, static shapes, model, optimizer settings a checkpoint's optimizer state would silently replace:
+  `config.run_defining_flags`) with the folder's run_args.json. The same: rerunning resumes. Different: refused,
+  naming the flags, unless --overwrite_output_dir, which removes the earlier run's checkpoints and starts over.
+  Other flags (logging, eval batch size, --num_train_epochs to extend a run, the device) may change on resume.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import weakref
 from pathlib import Path
 from typing import IO
 
+from detr_ft.config import run_defining_flags
 from detr_ft.launcher import launched_rank
 from detr_ft.run_files import RUN_ARGUMENTS_FILE, read_run_arguments
 from detr_ft.train.checkpoints import all_checkpoints
@@ -42,15 +43,6 @@ def close_held_locks() -> None:
 
 
 os.register_at_fork(after_in_child=close_held_locks)
-
-# What a checkpoint of the run holds or assumes: resuming with another value would mix two runs in one folder.
-RUN_DEFINING_FLAGS = (
-    "dataset_dir", "dataset_name", "train_split", "eval_split", "train_val_split", "train_val_seed",
-    "image_size", "pad_images", "image_buckets", "pad_objects", "num_buckets",
-    "model_name_or_path", "model_revision", "freeze_backbone", "backbone_lr",
-    "learning_rate", "weight_decay", "optim", "per_device_train_batch_size", "gradient_accumulation_steps",
-)
-
 
 class RunFolderError(ValueError):
     """The output dir is in use or holds another run."""
@@ -86,7 +78,7 @@ def holds_a_run(output_dir: str | Path) -> bool:
 def differing_flags(saved: dict, current: dict) -> list[str]:
     """Run-defining flags whose values differ; flags an older run_args.json lacks are not compared, and the hub
     dataset's name only matters without a --dataset_dir."""
-    names = [n for n in RUN_DEFINING_FLAGS if n in saved and n in current and saved[n] != current[n]]
+    names = [n for n in run_defining_flags() if n in saved and n in current and saved[n] != current[n]]
     if saved.get("dataset_dir") or current.get("dataset_dir"):
         names = [n for n in names if n != "dataset_name"]
     return names

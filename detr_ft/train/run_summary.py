@@ -3,10 +3,9 @@
 Fields: device, trainer, precision, image_size, buckets, image_canvases ([[H, W], ...] with --pad_images) and
 padded_pixel_fraction (padding share of the training images' canvas pixels), steps, epochs,
 train_samples_per_second (the trainer's, first steps and evaluations included), steady_samples_per_second (from
-the median step time after WARMUP_STEPS), host_syncs_per_step, stack (the torch, transformers and optimum-habana
-versions that count holds for; None for a package not installed), graph_compilations (during training,
-evaluations included) and, where the entry adds them, `counters` read at the end (matcher_steps_redone_on_host:
-detr_ft/train/nonfinite_guard.py).
+the median step time after WARMUP_STEPS), stack (the torch, transformers and optimum-habana versions; None for a
+package not installed), graph_compilations (during training, evaluations included) and, with --audit_host_syncs,
+host_syncs_per_step.
 
 Host syncs are counted over forward, loss, backward and gradient clipping of one step (the second, so one-time
 set-up is not counted): the part of a step that runs as one graph on HPU. Graph compilations are read in-process at
@@ -18,13 +17,11 @@ losses (the callback has the Trainer log at every save and at the last step, so 
 restored from the checkpoint included); speed and host syncs are measured on the steps this process ran, counted
 from the step it resumed at (`resumed_from_step`). A rerun with no step left to train keeps the summary there is.
 
-The audit enters `HostSyncCounter`'s torch modes in one hook (on_step_begin) and leaves them in another
-(on_pre_optimizer_step). It runs only inside `with callback.host_sync_audit(): trainer.train(...)`, which leaves the
-modes if the audited step raises in between (out of memory, the guard's NonFiniteLossError), so they never outlive
-training. Cost: the audited step runs every aten op through two Python modes. On the project's 2-core CPU machine
-(detr-tiny, 64 px, batch 8, forward + loss + backward, median of 15, three runs) it took 59-63 ms against 38-46 ms
-unaudited: about 1.5x, +20 ms, a fixed cost per op, so a bigger model's step pays relatively less. One step per run
-is audited.
+The audit (--audit_host_syncs) enters `HostSyncCounter`'s torch modes in one hook (on_step_begin) and leaves them in
+another (on_pre_optimizer_step). It runs only inside `with callback.host_sync_audit(): trainer.train(...)`, which
+leaves the modes if the audited step raises in between (out of memory, the guard's NonFiniteLossError), so they
+never outlive training. The audited step runs every aten op through two Python modes, a fixed cost per op: it is
+slower, the others are not. One step per run is audited.
 
 With `--torch_compile` the audited step runs eager (`torch.compiler.set_stance("force_eager")` for its length), and
 the count is that of the eager step. Without the stance, dynamo meets the audit's dispatch mode at the compiled
@@ -41,7 +38,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -49,8 +46,8 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from detr_ft.run_files import write_json_atomic
-from detr_ft.train.arguments import global_batch_size
 from detr_ft.train.sync_audit import HostSyncCounter
+from detr_ft.train.training_arguments import global_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +110,7 @@ class RunSummaryCallback(TrainerCallback):
 
     def __init__(self, output_dir: str | Path, device_type: str, bucket_sizes: list[int] | None, image_size: int,
                  precision: str, image_canvases: list[tuple[int, int]] | None = None,
-                 padded_pixel_fraction: float | None = None):
+                 padded_pixel_fraction: float | None = None, audit_host_syncs: bool = False):
         self.path = Path(output_dir) / SUMMARY_FILE
         self.summary = {"device": device_type, "precision": precision, "image_size": image_size,
                         "buckets": bucket_sizes}
@@ -127,7 +124,7 @@ class RunSummaryCallback(TrainerCallback):
         self.step_times: list[float] = []
         self.last_step_end: float | None = None
         self.start_step = 0
-        self.counters: dict[str, Callable[[], int]] = {}  # more summary fields: name -> its count at the end
+        self.audit_host_syncs = audit_host_syncs
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.compilations_before = graph_compilations()
@@ -135,8 +132,9 @@ class RunSummaryCallback(TrainerCallback):
 
     @contextmanager
     def host_sync_audit(self) -> Iterator[None]:
-        """Around `trainer.train`: the audit runs inside it only, and its torch modes end with it, raise or not."""
-        self.auditing = True
+        """Around `trainer.train`: the audit (if asked for) runs inside it only, and its torch modes end with it, raise
+        or not."""
+        self.auditing = self.audit_host_syncs
         try:
             yield
         finally:
@@ -161,7 +159,6 @@ class RunSummaryCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.counter is not None:
             self.summary["host_syncs_per_step"] = self.counter.count
-            self.summary["stack"] = stack_versions()
             self.stop_audit()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -202,8 +199,8 @@ class RunSummaryCallback(TrainerCallback):
             epochs=state.epoch,
             steady_samples_per_second=self.steady_samples_per_second(args),
             graph_compilations=self.compilations_during_training(),
+            stack=stack_versions(),
         )
-        self.summary.update({name: count() for name, count in self.counters.items()})
         write_json_atomic(self.path, self.summary)
         logger.info("run summary: %s", json.dumps(self.summary))
 

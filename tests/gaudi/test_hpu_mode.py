@@ -77,7 +77,7 @@ def test_the_gaudi_configs_autocast_op_lists_are_declared_before_habana_framewor
 
 
 def test_a_gaudi_config_that_cannot_be_loaded_is_a_device_settings_error(tmp_path, monkeypatch):
-    from detr_ft.train.arguments import DeviceArguments
+    from detr_ft.config import DeviceArguments
     from detr_ft.train.devices import DeviceSettingsError, check_device_settings
 
     monkeypatch.setenv("PT_HPU_LAZY_MODE", "0")  # eager, as asked; restored after the test

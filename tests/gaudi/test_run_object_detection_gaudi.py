@@ -33,7 +33,7 @@ def gaudi_run(synthetic_coco, tmp_path_factory) -> Path:
         "--pad_images", "--image_size", "64", "--pad_objects", "--num_buckets", "1",
         "--autocast",  # the seed's name for bf16 autocast: GaudiConfig.use_torch_autocast, CPU autocast off Gaudi
         "--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", str(BATCH_SIZE),
-        "--per_device_eval_batch_size", "8", "--logging_steps", "1", "--seed", "0",
+        "--per_device_eval_batch_size", "8", "--logging_steps", "1", "--seed", "0", "--audit_host_syncs",
     ])  # report_to stays at its default, TensorBoard: requirements-gaudi.txt must bring it
     assert status == 0
     return output_dir

@@ -13,9 +13,14 @@ from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig  # noq
 from transformers.models.detr.modeling_detr import DetrConvModel  # noqa: E402
 
 from detr_ft.data.padding import DetectionCollator  # noqa: E402
-from detr_ft.model.static_shapes import use_static_shape_loss  # noqa: E402
+from detr_ft.model.criterion import DetrCriterion  # noqa: E402
 from detr_ft.train.sync_audit import HostSyncCounter  # noqa: E402
-from patches import apply_patches, detr_encoder_sync_v4, detr_position_embedding  # noqa: E402
+from patches import (  # noqa: E402
+    apply_patches,
+    detr_encoder_sync_v4,
+    detr_label_free_forward,
+    detr_position_embedding,
+)
 
 ENCODER_LAYERS, DECODER_LAYERS = 6, 2  # DETR-R50's encoder depth: the host reads scale with it
 STOCK_SYNCS_PER_STEP = 27  # measured on this stack, see test_stock_training_step_syncs
@@ -50,20 +55,26 @@ def make_batch(padded: bool = False) -> dict:
     return {"pixel_values": torch.rand(2, 3, 64, 64, generator=generator), "pixel_mask": pixel_mask, "labels": labels}
 
 
+def criterion_loss(model: DetrForObjectDetection, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The label-free forward's logits and boxes, and DetrCriterion's loss of them on the padded labels."""
+    outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+    return outputs.logits, outputs.pred_boxes, DetrCriterion(model.config)(outputs, batch["labels"])[0]
+
+
 def training_step(model: DetrForObjectDetection, batch: dict) -> tuple[torch.Tensor, ...]:
-    """Forward and backward with fixed dropout masks: outputs, loss and every gradient."""
+    """Forward, criterion and backward with fixed dropout masks: predictions, loss and every gradient."""
     torch.manual_seed(1)
-    outputs = model(**batch)
-    outputs.loss.backward()
+    logits, pred_boxes, loss = criterion_loss(model, batch)
+    loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return outputs.encoder_last_hidden_state, outputs.logits, outputs.pred_boxes, outputs.loss, *grads
+    return logits, pred_boxes, loss, *grads
 
 
 def test_encoder_patch_is_bit_equal_to_stock():
     stock, ours = tiny_detr(), tiny_detr()
     assert detr_encoder_sync_v4.patch_model(ours) == ENCODER_LAYERS
     for model in (stock, ours):
-        use_static_shape_loss(model)
+        detr_label_free_forward.patch_model(model)
 
     stock_results, our_results = training_step(stock, make_batch(padded=True)), training_step(ours, make_batch(True))
 
@@ -113,14 +124,14 @@ def test_cpu_position_embedding_keeps_habanas_forward():
 
 def test_our_training_step_has_one_sync():
     model = tiny_detr()
-    use_static_shape_loss(model)
     applied = apply_patches(model, static_shapes=True)
     batch = make_batch(padded=True)  # outside the counter: the data loader's tensors, moved to the device
 
     with HostSyncCounter() as counter:
-        model(**batch).loss.backward()
+        criterion_loss(model, batch)[2].backward()
 
-    assert applied == ["detr_encoder_sync_v4", "detr_position_embedding", "detr_loss_num_boxes", "habana_detr_loss"]
+    assert applied == ["detr_label_free_forward", "detr_encoder_sync_v4", "detr_position_embedding",
+                       "detr_loss_num_boxes", "habana_detr_loss"]
     assert dict(counter.by_op) == {"Tensor.cpu": 1}  # the matcher's cost copy
 
 
@@ -128,7 +139,7 @@ def test_stock_training_step_syncs():
     """The stock path as a Gaudi host runs it (Habana's position embedding, matcher and loss; only the missing
     method bound): its host reads, by kind, reported here."""
     model = tiny_detr()
-    apply_patches(model, static_shapes=False)
+    apply_patches(model, static_shapes=False, label_free_forward=False)
     batch = make_batch()
 
     with HostSyncCounter() as counter:

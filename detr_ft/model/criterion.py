@@ -1,0 +1,139 @@
+"""DETR's criterion: matcher and set-prediction loss, applied to the label-free forward's outputs.
+
+    outputs = model(pixel_values, pixel_mask)      # every decoder layer's predictions (L, B, Q, .)
+    loss, loss_dict = criterion(outputs, labels)
+
+`DetrCriterion` takes padded targets ("class_labels" (B, T), "boxes" (B, T, 4), "valid" (B, T)) and has no host sync
+but the matcher's one copy. Per decoder layer, with queries matched to valid targets by `hungarian_match`, c_q the
+matched class of query q (the no-object class C when unmatched), w the class weights (1, eos_coefficient for
+no-object) and n the number of valid targets in the global batch, averaged over processes and at least 1:
+
+    loss_ce           = sum_q w[c_q] * -log softmax(logits_q)[c_q] / sum_q w[c_q]
+    loss_bbox         = sum_(q, t) |box_q - box_t|_1 / n
+    loss_giou         = sum_(q, t) (1 - GIoU(box_q, box_t)) / n
+    cardinality_error = mean_b |#{q: argmax logits_q != C} - #targets_b|   (for logging, not weighted)
+
+loss = sum of weight_dict[k] * loss_dict[k], with the keys ("_i" for auxiliary layer i) and weights of transformers'
+ForObjectDetectionLoss, which this equals on the unpadded targets (tests/test_loss_equivalence.py). Unmatched queries
+compare a padding box with itself (L1 0, GIoU 1), so they add exactly zero and get exactly zero gradient, whatever
+their predictions are.
+
+`TransformersCriterion` is transformers' own loss through the same interface, for targets left unpadded
+(`--num_buckets 0`): a list of per-image dicts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn import functional as F
+from transformers import DetrConfig, PreTrainedModel
+
+from detr_ft.model.box_ops import PAD_BOX, center_to_corners, generalized_box_iou
+from detr_ft.model.matcher import hungarian_match
+from detr_ft.model.outputs import DetectionOutput
+
+LossAndTerms = tuple[Tensor, dict[str, Tensor]]
+
+
+class DetrCriterion:
+    """DETR's loss on padded targets (module docstring), with the matching costs and loss weights of `config`."""
+
+    def __init__(self, config: DetrConfig):
+        self.config = config
+
+    def __call__(self, outputs: DetectionOutput, labels: dict[str, Tensor]) -> LossAndTerms:
+        config = self.config
+        logits, boxes = outputs.layer_logits.float(), outputs.layer_boxes.float()  # (L, B, Q, C+1), (L, B, Q, 4)
+        targets = {**labels, "boxes": labels["boxes"].float()}
+        matched = hungarian_match(logits, boxes, targets, config.class_cost, config.bbox_cost, config.giou_cost)
+        losses = layer_losses(logits, boxes, targets, matched, config.eos_coefficient)  # name -> (L,)
+        final = logits.shape[0] - 1
+        loss_dict = {}
+        for layer in [final, *range(final)]:
+            suffix = "" if layer == final else f"_{layer}"
+            loss_dict.update({name + suffix: values[layer] for name, values in losses.items()})
+        weights = {"loss_ce": 1, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
+        weight_dict = {**weights, **{k + f"_{i}": v for i in range(final) for k, v in weights.items()}}
+        loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
+        return loss, loss_dict
+
+
+def layer_losses(
+    logits: Tensor, pred_boxes: Tensor, labels: dict[str, Tensor], matched: Tensor, eos_coefficient: float
+) -> dict[str, Tensor]:
+    """loss_ce, loss_bbox, loss_giou, cardinality_error of each layer, (L,) each, from `hungarian_match`'s `matched`."""
+    layers, batch_size, _, num_classes_with_empty = logits.shape
+    no_object = num_classes_with_empty - 1
+    padding_box = logits.new_tensor(PAD_BOX)  # (4,)
+    is_matched = matched >= 0  # (L, B, Q)
+    # Unmatched queries point at one appended padding target (no-object, PAD_BOX): T = 0 works, all stays finite.
+    target_index = torch.where(is_matched, matched, labels["class_labels"].shape[1])  # (L, B, Q)
+    class_labels = F.pad(labels["class_labels"], (0, 1), value=no_object)  # (B, T+1)
+    boxes = torch.cat([labels["boxes"], padding_box.expand(batch_size, 1, 4)], dim=1)  # (B, T+1, 4)
+
+    target_classes = class_labels.expand(layers, -1, -1).gather(-1, target_index)  # (L, B, Q)
+    class_weight = torch.ones(num_classes_with_empty, device=logits.device)  # (C+1,)
+    class_weight[no_object] = eos_coefficient
+    weighted_nll = F.cross_entropy(logits.permute(0, 3, 1, 2), target_classes, class_weight, reduction="none")
+    loss_ce = weighted_nll.sum((1, 2)) / class_weight[target_classes].sum((1, 2))  # (L,)
+
+    num_boxes = average_num_boxes(labels["valid"])  # ()
+    box_index = target_index[..., None].expand(-1, -1, -1, 4)  # (L, B, Q, 4)
+    target_boxes = boxes.expand(layers, -1, -1, -1).gather(2, box_index)  # (L, B, Q, 4)
+    source_boxes = torch.where(is_matched[..., None], pred_boxes, padding_box)  # (L, B, Q, 4)
+    loss_bbox = (source_boxes - target_boxes).abs().sum((1, 2, 3)) / num_boxes  # (L,)
+    giou = generalized_box_iou(center_to_corners(source_boxes), center_to_corners(target_boxes))  # (L, B, Q)
+    loss_giou = (1 - giou).sum((1, 2)) / num_boxes  # (L,)
+
+    predicted_objects = (logits.argmax(-1) != no_object).sum(-1)  # (L, B)
+    cardinality_error = (predicted_objects - labels["valid"].sum(-1)).abs().float().mean(-1)  # (L,)
+    return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "cardinality_error": cardinality_error}
+
+
+def average_num_boxes(valid: Tensor) -> Tensor:
+    """Valid targets in the batch, summed over processes and divided by their number, at least 1: () float."""
+    num_boxes = valid.sum().float()  # ()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_boxes)
+        num_boxes = num_boxes / dist.get_world_size()
+    return num_boxes.clamp(min=1)
+
+
+class TransformersCriterion:
+    """transformers' own loss for `model` (its `loss_function`, as its forward calls it) on unpadded targets.
+
+    Its matcher refuses non-finite predictions with a ValueError (a box "not in corner format", a cost matrix with
+    NaN) before any loss exists. Such predictions get a NaN loss instead, still connected to the model, so that the
+    trainer's finite-loss guard names the step and its images as it does for `DetrCriterion` (one host read, on a
+    path that reads the host several times a step anyway). Under data parallel every process takes the same branch:
+    the stock loss reduces its box count over processes, a collective that all of them must call."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.loss_function = model.loss_function
+        self.config = model.config
+
+    def __call__(self, outputs: DetectionOutput, labels: list[dict[str, Tensor]]) -> LossAndTerms:
+        logits, boxes = outputs.layer_logits, outputs.layer_boxes  # (L, B, Q, C+1), (L, B, Q, 4)
+        if not all_finite(logits, boxes):
+            return (logits.sum() + boxes.sum()) * 0 + float("nan"), {}  # () NaN, a zero gradient for every weight
+        auxiliary = self.config.auxiliary_loss
+        loss, loss_dict, _ = self.loss_function(
+            outputs.logits, labels, logits.device, outputs.pred_boxes, self.config,
+            logits if auxiliary else None, boxes if auxiliary else None,
+        )
+        return loss, loss_dict
+
+
+def all_finite(*tensors: Tensor) -> bool:
+    """Whether every value of `tensors` is finite, on every process."""
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float()  # ()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
+def build_criterion(model: PreTrainedModel, padded_targets: bool) -> DetrCriterion | TransformersCriterion:
+    """Ours for padded targets (`--pad_objects --num_buckets N`), transformers' own for unpadded ones."""
+    return DetrCriterion(model.config) if padded_targets else TransformersCriterion(model)
