@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
@@ -44,6 +45,12 @@ class DataArguments:
     )
     allow_external_images: bool = field(
         default=False, metadata={"help": "Read json file_names that are absolute or leave images/ through ../."}
+    )
+    on_size_mismatch: Literal["refuse", "repair"] = field(
+        default="repair",
+        metadata={"help": "An image whose json width x height is not its own: repair it by what its boxes say (json "
+                          "size, scale, or leave it out; logged and written to size_repairs.json), or refuse the "
+                          "split."},
     )
 
 
