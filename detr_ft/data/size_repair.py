@@ -162,6 +162,7 @@ def write_size_repairs(output_dir: str | os.PathLike, records: Sequence[SizeRepa
     if not records:
         return None
     path = Path(output_dir) / SIZE_REPAIRS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, [dataclasses.asdict(record) for record in records])
     logger.info("size repairs of %d images written to %s", len(records), path)
     return path
