@@ -133,7 +133,7 @@ def test_each_repair_kind_is_logged_once_with_its_count_and_files(tmp_path, capl
     with caplog.at_level(logging.WARNING):
         validated_splits(DataArguments(dataset_dir=str(folder)))
     train_lines = [r.getMessage() for r in caplog.records if "train.json" in r.getMessage()]
-    for kind, words in size_repair.KIND_WORDS.items():
+    for kind, words in size_repair.KIND_NAMES.items():
         names = [f"train_{i}.png" for i, fault in enumerate(FAULTS.values(), start=1) if fault.repair == kind]
         (line,) = [line for line in train_lines if words in line]
         assert f"{len(names)} images have a json width x height unlike the image's" in line

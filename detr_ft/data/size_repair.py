@@ -41,12 +41,17 @@ JSON_SIZE_SET = "json_size_set_to_image"
 SIDES_SWAPPED = "json_sides_swapped_back"
 BOXES_SCALED = "boxes_scaled_to_image"
 LEFT_OUT = "left_out"
-KIND_WORDS = {  # how the log and `make cppe5` name each repair
-    JSON_SIZE_SET: "json width x height set to the image's (the boxes fit the image)",
-    SIDES_SWAPPED: "json width and height swapped back (the boxes fit the image)",
-    BOXES_SCALED: "boxes scaled to the image (resized after annotation: the boxes fit the json size, of the same "
-                  "aspect ratio)",
-    LEFT_OUT: "left out with their annotations (no size the boxes fit maps onto the image)",
+KIND_NAMES = {  # how the log and `make cppe5` name each repair
+    JSON_SIZE_SET: "json width x height set to the image's",
+    SIDES_SWAPPED: "json width and height swapped back",
+    BOXES_SCALED: "boxes scaled to the image",
+    LEFT_OUT: "left out with their annotations",
+}
+KIND_REASONS = {
+    JSON_SIZE_SET: "the boxes fit the image",
+    SIDES_SWAPPED: "the boxes fit the image",
+    BOXES_SCALED: "resized after annotation: the boxes fit the json size, of the image's aspect ratio",
+    LEFT_OUT: "no size the boxes fit maps onto the image",
 }
 BOTH_FIT = "the boxes fit both sizes, so they do not decide: the image is trusted"
 

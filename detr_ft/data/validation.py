@@ -37,7 +37,8 @@ from detr_ft.data.dataset import clip_to_image, is_crowd
 from detr_ft.data.images import displayed_size, exif_orientation
 from detr_ft.data.size_repair import (
     BOTH_FIT,
-    KIND_WORDS,
+    KIND_NAMES,
+    KIND_REASONS,
     SIZE_REPAIRS_FILE,
     SizeMismatch,
     SizeRepair,
@@ -266,8 +267,8 @@ def log_size_repairs(records: Sequence[SizeRepair], where: str) -> None:
         undecided = sum(record.evidence == BOTH_FIT for record in group)
         note = (f"; the boxes of {undecided} of them fit both sizes and do not decide: check them in "
                 f"{SIZE_REPAIRS_FILE} of the run" if undecided else "")
-        logger.warning("%s: %d images have a json width x height unlike the image's: %s: %s%s", where, len(group),
-                       KIND_WORDS[kind], listing(describe(record) for record in group), note)
+        logger.warning("%s: %d images have a json width x height unlike the image's: %s (%s): %s%s", where,
+                       len(group), KIND_NAMES[kind], KIND_REASONS[kind], listing(describe(r) for r in group), note)
 
 
 def drop_reason(bbox: list[float]) -> str:
