@@ -115,9 +115,6 @@ def read_annotations(annotation_file: Path) -> dict:
         raise DatasetError(f"{annotation_file} is a directory, not a COCO json file: put the split's json there")
     try:
         return json.loads(annotation_file.read_bytes().decode("utf-8-sig"))
-    except PermissionError as error:
-        raise DatasetError(f"{annotation_file} cannot be read: permission denied (give the user running this read "
-                           "access to it, e.g. chmod a+r or chown)") from error
     except UnicodeDecodeError as error:
         raise DatasetError(f"{annotation_file}: not UTF-8 text (byte {error.start}): save it as UTF-8 JSON") from error
     except json.JSONDecodeError as error:
@@ -133,9 +130,13 @@ def load_coco_folder(dataset_dir: str | Path, split: str) -> CocoSplit:
     """`dataset_dir/annotations/<split>.json` with images under `dataset_dir/images/`."""
     dataset_dir = Path(dataset_dir)
     annotation_file = dataset_dir / "annotations" / f"{split}.json"
-    if not annotation_file.exists():
-        raise missing_layout_error(dataset_dir, annotation_file)
-    coco = read_annotations(annotation_file)
+    try:
+        if not annotation_file.exists():
+            raise missing_layout_error(dataset_dir, annotation_file)
+        coco = read_annotations(annotation_file)
+    except PermissionError as error:  # the json, or a folder on its way
+        raise DatasetError(f"{error.filename or annotation_file} cannot be read: permission denied (give the user "
+                           "running this read access to it and its folders, e.g. chmod a+rX or chown)") from error
     return CocoSplit(split, coco, FolderImages(dataset_dir / "images", coco), str(annotation_file),
                      dataset_dir / "images")
 
