@@ -75,7 +75,7 @@ class SizeRepair:
     annotation_file: str
     image_id: int
     file_name: str
-    repair: str  # a key of KIND_WORDS
+    repair: str  # a key of KIND_NAMES
     json_size: Size
     image_size: Size  # displayed (EXIF orientation applied)
     new_size: Size | None

@@ -143,19 +143,21 @@ def leaves_image_folder(file_name: str) -> bool:
 
 def links_out_of(image_dir: Path, file_names: Iterable[str]) -> list[str]:
     """'name -> target' of each file_name that resolves outside `image_dir` (a symbolic link leading out of it)."""
-    root = image_dir.resolve()
-    resolved = {name: (image_dir / name).resolve() for name in file_names}
+    root = Path(os.path.realpath(image_dir))
+    resolved = {name: Path(os.path.realpath(image_dir / name)) for name in file_names}  # a link loop stays as named
     return [f"{name} -> {target}" for name, target in resolved.items() if not target.is_relative_to(root)]
 
 
 def external_image_problems(coco: dict, image_dir: Path | None) -> list[str]:
     """File names that leave the images folder, by name or through a symbolic link (nothing is opened)."""
     names = [image["file_name"] for image in coco["images"] if image["file_name"]]
-    outside = [name for name in names if leaves_image_folder(name)]
+    leaving = {name: leaves_image_folder(name) for name in names}
+    outside = [name for name in names if leaving[name]]
+    inside = [name for name in names if not leaving[name]]
     problems = [f"{len(outside)} images have a file_name outside the images folder (absolute or through ../): "
                 f"{listing(outside)} (move them under images/ with a relative file_name, or pass "
                 "--allow_external_images to read them where they are)"] if outside else []
-    linked = links_out_of(image_dir, [name for name in names if name not in outside]) if image_dir else []
+    linked = links_out_of(image_dir, inside) if image_dir else []
     if linked:
         problems.append(f"{len(linked)} images in the images folder are symbolic links to files outside it: "
                         f"{listing(linked)} (copy the files into images/, or pass --allow_external_images to read "
