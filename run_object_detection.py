@@ -57,6 +57,7 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
     from detr_ft.data.dataset import PaddedToMultiple
     from detr_ft.data.images import Preprocessing
     from detr_ft.data.prepare import prepare_data, warn_queries_overflow
+    from detr_ft.data.size_repair import write_size_repairs
     from detr_ft.data.sources import DatasetError
     from detr_ft.evaluation.loop import CocoMetrics, evaluate_split, preprocess_logits_for_metrics
     from detr_ft.evaluation.model_card import write_model_card
@@ -90,6 +91,7 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
         return 2
     if launched_rank() == 0:  # one writer per launch, as for the run folder's lock
         save_run_arguments(training.output_dir, run_arguments)
+        write_size_repairs(training.output_dir, data.size_repairs)
     warn_queries_overflow(data, model.config.num_queries)
     training = training_arguments(device_type, args, data.images_per_canvas())  # on Gaudi: adapts transformers
     model.to(training.device)

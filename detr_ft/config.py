@@ -52,6 +52,9 @@ class DataArguments:
     max_image_pixels: int | None = flag(None, "Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, default "
                                               "89478485): raise it for trusted images larger than twice that.")
     allow_external_images: bool = flag(False, "Read json file_names that are absolute or leave images/ through ../.")
+    on_size_mismatch: Literal["refuse", "repair"] = flag(
+        "repair", "An image whose json width x height is not its own: repair it by what its boxes say (json size, "
+                  "scale, or leave it out; logged and written to size_repairs.json), or refuse the split.")
 
 
 @dataclass

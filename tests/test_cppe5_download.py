@@ -4,6 +4,7 @@ unpacked into a COCO folder that validates."""
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from pathlib import Path
 
@@ -15,17 +16,25 @@ from detr_ft.data.synthetic import write_synthetic_coco
 from detr_ft.data.validation import validate_split
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    """dataset.tar.gz holding images/ and annotations/{train,test}.json, as the authors' archive does."""
-    folder = write_synthetic_coco(tmp_path_factory.mktemp("release"), num_train=6, num_validation=0, num_test=3,
-                                  image_size=32, seed=0)
+def release_folder(folder: Path) -> Path:
+    """images/ and annotations/{train,test}.json, as the authors' archive holds them."""
+    write_synthetic_coco(folder, num_train=6, num_validation=0, num_test=3, image_size=32, seed=0)
     (folder / "annotations" / "validation.json").unlink()
+    return folder
+
+
+def pack(folder: Path) -> Path:
     archive = folder.parent / "dataset.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder / "annotations", "annotations")
         tar.add(folder / "images", "images")
     return archive
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """dataset.tar.gz in the layout of the authors' archive."""
+    return pack(release_folder(tmp_path_factory.mktemp("release") / "dataset"))
 
 
 def md5(path: Path) -> str:
@@ -50,3 +59,23 @@ def test_an_archive_with_another_checksum_is_refused_and_nothing_written(release
     assert f"md5 {md5(release)}, expected {'0' * 32}" in capsys.readouterr().err
     assert not output_dir.exists()
 
+
+
+def test_what_validation_repairs_is_reported_per_split_after_unpacking(tmp_path, capsys):
+    """CPPE-5's json gives some images a size unlike their file: the report says how many each repair touched."""
+    folder = release_folder(tmp_path / "dataset")
+    train_json = folder / "annotations" / "train.json"
+    coco = json.loads(train_json.read_text())
+    wrong_size, unfit = coco["images"][0], coco["images"][1]  # 32 x 32 files
+    wrong_size.update(width=10, height=10)  # its boxes, drawn on the file, reach past 10 px
+    unfit.update(width=10, height=10)
+    next(ann for ann in coco["annotations"] if ann["image_id"] == unfit["id"])["bbox"] = [20, 20, 30, 30]
+    train_json.write_text(json.dumps(coco))
+    archive = pack(folder)
+
+    argv = ["--output_dir", str(tmp_path / "cppe5"), "--url", str(archive), "--checksum", f"md5:{md5(archive)}"]
+    assert cppe5_download.main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("train: 5 images kept; json width x height unlike the image's: 1 json width x height set to the "
+            "image's, 1 left out with their annotations") in out
+    assert "test: 3 images kept; json width x height unlike the image's: none" in out

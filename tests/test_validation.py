@@ -46,13 +46,13 @@ def write_json(data_dir: Path, coco: dict) -> None:
     (data_dir / "annotations" / "train.json").write_text(json.dumps(coco))
 
 
-def validate(data_dir: Path) -> CocoSplit:
-    return validate_split(load_coco_folder(data_dir, "train"))
+def validate(data_dir: Path, **checks) -> CocoSplit:
+    return validate_split(load_coco_folder(data_dir, "train"), **checks)
 
 
-def refusal(data_dir: Path) -> str:
+def refusal(data_dir: Path, **checks) -> str:
     with pytest.raises(DatasetError) as error:
-        validate(data_dir)
+        validate(data_dir, **checks)
     message = str(error.value)
     assert str(data_dir / "annotations" / "train.json") in message
     return message
@@ -205,16 +205,18 @@ def test_exif_orientation_is_ignored_when_the_json_has_the_stored_size(data_dir,
     np.testing.assert_array_equal(np.asarray(split.open_image(0)), np.asarray(stored))
 
 
-def test_json_size_unlike_the_image_is_refused(data_dir):
+def test_json_size_unlike_the_image_is_refused_with_the_strict_flag(data_dir):
     coco = read_json(data_dir)
     coco["images"][2]["width"] = 100
     write_json(data_dir, coco)
-    assert f"{coco['images'][2]['file_name']} (json 100x64, image 64x64)" in refusal(data_dir)
+    message = refusal(data_dir, on_size_mismatch="refuse")
+    assert f"{coco['images'][2]['file_name']} (json 100x64, image 64x64)" in message
+    assert "--on_size_mismatch repair" in message
 
 
-def test_a_turned_image_with_neither_size_is_refused(data_dir):
+def test_a_turned_image_with_neither_size_is_refused_with_the_strict_flag(data_dir):
     write_turned_image(data_dir, (50, 50))
-    assert "(json 50x50, image 64x40)" in refusal(data_dir)
+    assert "(json 50x50, image 64x40)" in refusal(data_dir, on_size_mismatch="refuse")
 
 
 def test_empty_split_is_refused(data_dir):
@@ -297,7 +299,7 @@ def test_thousands_of_images_are_each_read_and_decoded_once(good_dir, monkeypatc
         return folder.read_image(i % 12)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
-    images = [{**folder.coco["images"][i % 12], "id": i} for i in range(4096)]
+    images = [{**folder.coco["images"][i % 12], "id": i, "file_name": f"{i}.png"} for i in range(4096)]  # read_image
     validate_split(CocoSplit("train", {**folder.coco, "images": images, "annotations": []}, read_image))
 
     assert sorted(reads) == list(range(4096))

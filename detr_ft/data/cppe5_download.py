@@ -8,20 +8,31 @@ checked against the MD5 the authors publish in the CPPE-5 README (github.com/Ris
 anything is unpacked; `--checksum sha256:HEX` (any hashlib algorithm) checks another copy. Writes
 `output_dir/images/` and `output_dir/annotations/{train,test}.json`; then train with `--dataset_dir output_dir`
 (the eval split is carved from train, as the HF guide does, or `--eval_split test`).
+
+CPPE-5's json gives some images a width x height unlike their file: once unpacked, each split goes through the
+validation training runs (`validation.validate_split`, which repairs them by what their boxes say), and what it
+did is printed per split: the first thing a user reads about the real data is what training will change.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import shutil
 import sys
 import tarfile
 import tempfile
 import urllib.request
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
+
+from detr_ft.data.size_repair import KIND_NAMES
+from detr_ft.data.sources import DatasetError, load_coco_folder
+from detr_ft.data.validation import validate_split
 
 CPPE5_URL = "https://storage.googleapis.com/cppe-5/dataset.tar.gz"
 CPPE5_CHECKSUM = "md5:f4e043f983cff94ef82ef7d57a879212"  # published beside the URL in the CPPE-5 README
@@ -51,8 +62,9 @@ def fetch(url: str, destination: Path) -> Path:
     return destination
 
 
-def unpack_release(archive: Path, output_dir: Path) -> None:
-    """Move the archive's images/ and annotations/{train,test}.json (at its top or one folder down) to output_dir."""
+def unpack_release(archive: Path, output_dir: Path, name: str) -> None:
+    """Move the archive's images/ and annotations/{train,test}.json (at its top or one folder down) to output_dir;
+    `name`: the archive as the user gave it, for messages."""
     with tempfile.TemporaryDirectory(dir=output_dir.parent) as scratch, tarfile.open(archive) as tar:
         tar.extractall(scratch, filter="data")  # the data filter refuses absolute paths, ../ and device files
         found = sorted(Path(scratch).glob("**/annotations/train.json"), key=lambda p: len(p.parts))
@@ -60,7 +72,7 @@ def unpack_release(archive: Path, output_dir: Path) -> None:
         expected = [root / "images", *(root / "annotations" / f"{split}.json" for split in SPLITS)]
         missing = [str(path.relative_to(scratch)) for path in expected if not path.exists()]
         if missing:
-            raise ValueError(f"{archive} is not a CPPE-5 release: no {', '.join(missing)} in it")
+            raise ValueError(f"{name} is not a CPPE-5 release: no {', '.join(missing)} in it")
         (output_dir / "annotations").mkdir(parents=True, exist_ok=True)
         shutil.move(root / "images", output_dir / "images")
         for split in SPLITS:
@@ -82,8 +94,24 @@ def download_cppe5(output_dir: str | Path, url: str = CPPE5_URL, checksum: str =
         if digest != expected.lower():
             raise ValueError(f"{url}: {algorithm} {digest}, expected {expected}: a damaged or different archive "
                              "(download it again, or pass --checksum for a copy you trust)")
-        unpack_release(archive, output_dir)
+        try:
+            unpack_release(archive, output_dir, url)
+        except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as error:  # what truncation or damage raise
+            raise ValueError(f"{url} is a damaged archive, it cannot be unpacked ({type(error).__name__}: {error}): "
+                             "download it again (the CPPE-5 README publishes its MD5)") from error
     return output_dir
+
+
+def size_repair_summary(output_dir: Path) -> list[str]:
+    """Per split: how many images validation repaired or left out, by kind (DatasetError if it refuses a split)."""
+    lines = []
+    for split in SPLITS:
+        validated = validate_split(load_coco_folder(output_dir, split))
+        counts = Counter(record.repair for record in validated.size_repairs)
+        done = ", ".join(f"{count} {KIND_NAMES[kind]}" for kind, count in counts.items())
+        lines.append(f"  {split}: {len(validated.coco['images'])} images kept; json width x height unlike the "
+                     f"image's: {done or 'none'}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, tarfile.TarError) as error:
         print(error, file=sys.stderr)
         return 2
-    print(f"CPPE-5 in {output_dir}: train with --dataset_dir {output_dir}")
+    try:
+        summary = size_repair_summary(output_dir)
+    except DatasetError as error:
+        print(f"CPPE-5 is in {output_dir}, but training would refuse it: {error}", file=sys.stderr)
+        return 2
+    print(f"CPPE-5 in {output_dir}: train with --dataset_dir {output_dir}. Each image whose json size is not its "
+          "own is repaired by what its boxes say, or left out (--on_size_mismatch refuse refuses instead; a run "
+          "lists them in size_repairs.json):", *summary, sep="\n")
     return 0
 
 

@@ -16,6 +16,7 @@ from detr_ft.data.dataset import DetectionDataset, is_crowd
 from detr_ft.data.images import Canvas
 from detr_ft.data.labels import ClassMapping, missing_names
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
+from detr_ft.data.size_repair import SizeRepair
 from detr_ft.data.sources import TEST_SPLIT, CocoSplit, DatasetError, carve_validation, load_splits, load_test_split
 from detr_ft.data.validation import refuse_if, validate_split
 
@@ -50,6 +51,12 @@ class PreparedData:
     def images_per_canvas(self) -> list[int]:
         """Training images of each canvas: each canvas drops its own last partial batch."""
         return [int((self.train.canvas_of == k).sum()) for k in range(len(self.train.canvases))]
+
+    @property
+    def size_repairs(self) -> list[SizeRepair]:
+        """Every image whose json size was repaired or that was left out, of every split: `write_size_repairs`."""
+        return [repair for dataset in (self.train, self.eval, self.test) if dataset
+                for repair in dataset.split.size_repairs]
 
     @property
     def eval_split(self) -> CocoSplit:
@@ -96,9 +103,10 @@ def validated_splits(data: DataArguments, carve_missing_eval: bool = True) -> tu
     if data.max_image_pixels is not None:
         Image.MAX_IMAGE_PIXELS = data.max_image_pixels  # Pillow's process-wide decompression-bomb limit
     train_split, eval_split = load_splits(data.dataset_name, data.dataset_dir, data.train_split, data.eval_split)
-    train_split = validate_split(train_split, allow_external_images=data.allow_external_images)
+    checks = {"allow_external_images": data.allow_external_images, "on_size_mismatch": data.on_size_mismatch}
+    train_split = validate_split(train_split, **checks)
     if eval_split is not None:
-        eval_split = validate_split(eval_split, allow_external_images=data.allow_external_images)
+        eval_split = validate_split(eval_split, **checks)
         refuse_if(class_name_problems(train_split, eval_split), eval_split.source or eval_split.name)
     elif not carve_missing_eval:
         raise DatasetError(f"{data.dataset_dir or data.dataset_name}: no split {data.eval_split!r}")
@@ -118,7 +126,8 @@ def validated_test_split(data: DataArguments, train: CocoSplit) -> CocoSplit | N
     test = load_test_split(data.dataset_name, data.dataset_dir)
     if test is None:
         return None
-    test = validate_split(test, allow_external_images=data.allow_external_images)
+    test = validate_split(test, allow_external_images=data.allow_external_images,
+                          on_size_mismatch=data.on_size_mismatch)
     refuse_if(class_name_problems(train, test), test.source or test.name)
     return test
 

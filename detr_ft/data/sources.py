@@ -8,6 +8,7 @@ the hub out of reach) raises `DatasetError` naming the file and the way out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from detr_ft.data.images import to_rgb
+from detr_ft.data.size_repair import SizeRepair
 
 COCO_LAYOUT = "images/ and annotations/<split>.json (COCO: images, annotations, categories)"
 VALIDATION_NAMES = ("validation", "val", "valid")  # what exporters call the evaluation split's json
@@ -32,12 +34,14 @@ class DatasetError(ValueError):
 @dataclass
 class CocoSplit:
     """One split: its COCO json dict, how to read image i (index into coco["images"]) as stored, and where the
-    json came from (named in data error messages)."""
+    json came from (named in data error messages). Its size repairs belong to the json file: a subset has none."""
 
     name: str
     coco: dict
     read_image: Callable[[int], Image.Image]
     source: str = ""
+    image_dir: Path | None = None  # where a folder's file_names are read from; None for hub splits
+    size_repairs: tuple[SizeRepair, ...] = ()  # what validation did to images whose json size was not theirs
 
     def open_image(self, i: int) -> Image.Image:
         """Image i as the model sees it: 8-bit RGB, oriented as its json width and height say (see `to_rgb`)."""
@@ -57,7 +61,7 @@ class CocoSplit:
             "annotations": [a for a in self.coco["annotations"] if a["image_id"] in kept],
             "categories": self.coco["categories"],
         }
-        return CocoSplit(name, coco, SubsetImages(self.read_image, indices), self.source)
+        return CocoSplit(name, coco, SubsetImages(self.read_image, indices), self.source, self.image_dir)
 
 
 # The image readers are classes, not closures: a data loader worker started by forkserver or spawn gets the dataset
@@ -127,10 +131,15 @@ def load_coco_folder(dataset_dir: str | Path, split: str) -> CocoSplit:
     """`dataset_dir/annotations/<split>.json` with images under `dataset_dir/images/`."""
     dataset_dir = Path(dataset_dir)
     annotation_file = dataset_dir / "annotations" / f"{split}.json"
-    if not annotation_file.exists():
-        raise missing_layout_error(dataset_dir, annotation_file)
-    coco = read_annotations(annotation_file)
-    return CocoSplit(split, coco, FolderImages(dataset_dir / "images", coco), str(annotation_file))
+    try:
+        if not annotation_file.exists():
+            raise missing_layout_error(dataset_dir, annotation_file)
+        coco = read_annotations(annotation_file)
+    except PermissionError as error:  # the json, or a folder on its way
+        raise DatasetError(f"{error.filename or annotation_file} cannot be read: permission denied (give the user "
+                           "running this read access to it and its folders, e.g. chmod a+rX or chown)") from error
+    return CocoSplit(split, coco, FolderImages(dataset_dir / "images", coco), str(annotation_file),
+                     dataset_dir / "images")
 
 
 def coco_from_hub_split(hf_split, name: str) -> CocoSplit:
@@ -149,10 +158,12 @@ def coco_from_hub_split(hf_split, name: str) -> CocoSplit:
 
 
 def carve_validation(train: CocoSplit, fraction: float, seed: int) -> tuple[CocoSplit, CocoSplit]:
-    """Split a validation set off train: `fraction` of the images, chosen by a seeded permutation."""
+    """Split a validation set off train: `fraction` of the images, chosen by a seeded permutation. Train's size
+    repairs stay with the train part, so that the run's audit lists each once."""
     order = np.random.default_rng(seed).permutation(len(train.coco["images"])).tolist()
     num_eval = max(1, round(fraction * len(order)))
-    return train.subset(sorted(order[num_eval:]), train.name), train.subset(sorted(order[:num_eval]), "validation")
+    rest = dataclasses.replace(train.subset(sorted(order[num_eval:]), train.name), size_repairs=train.size_repairs)
+    return rest, train.subset(sorted(order[:num_eval]), "validation")
 
 
 def load_hub_dataset(name: str):

@@ -1,11 +1,14 @@
 """Check every split before any training: refuse what has no safe fix, fix the rest and say how much was fixed.
 
     refused (DatasetError)  malformed json (missing key, wrong type), empty split, duplicate image / annotation /
-                            category ids or category names, an annotation whose image or category is unknown, a
-                            file_name outside the images folder (absolute or through ../) unless allowed, a missing
-                            or undecodable image, an image over Pillow's decompression-bomb limit, json width x
-                            height matching neither the stored nor the EXIF-rotated image
-    fixed (logged, counted) box partly outside its image -> clipped; box with NaN / inf, w or h <= 0, or less than
+                            category ids or category names, one image file listed under two ids, an annotation whose
+                            image or category is unknown, a file_name outside the images folder (absolute, through
+                            ../ or a symbolic link leading out) unless allowed, a missing, unreadable (permission)
+                            or undecodable image, an image over Pillow's decompression-bomb limit; with
+                            --on_size_mismatch refuse, json width x height matching neither the stored nor the
+                            EXIF-rotated image
+    fixed (logged, counted) such a json size (`size_repair`: by what the boxes say, or the image left out);
+                            box partly outside its image -> clipped; box with NaN / inf, w or h <= 0, or less than
                             1 px inside its image -> dropped; grayscale, RGBA, palette, CMYK, 16-bit -> RGB; EXIF
                             orientation -> applied (rule in `data.to_rgb`); image without boxes -> kept as a negative;
                             crowd annotation (iscrowd 1) -> kept for mAP (an ignore region), left out of training
@@ -23,14 +26,25 @@ import logging
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 from PIL import Image
 
 from detr_ft.data.dataset import clip_to_image, is_crowd
 from detr_ft.data.images import displayed_size, exif_orientation
+from detr_ft.data.size_repair import (
+    BOTH_FIT,
+    KIND_NAMES,
+    KIND_REASONS,
+    SIZE_REPAIRS_FILE,
+    SizeMismatch,
+    SizeRepair,
+    describe,
+    repair_sizes,
+)
 from detr_ft.data.sources import CocoSplit, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -127,13 +141,42 @@ def leaves_image_folder(file_name: str) -> bool:
     return os.path.isabs(file_name) or os.path.normpath(file_name).split(os.sep)[0] == os.pardir
 
 
-def external_image_problems(coco: dict) -> list[str]:
-    outside = [image["file_name"] for image in coco["images"] if leaves_image_folder(image["file_name"])]
-    if not outside:
+def links_out_of(image_dir: Path, file_names: Iterable[str]) -> list[str]:
+    """'name -> target' of each file_name that resolves outside `image_dir` (a symbolic link leading out of it)."""
+    root = Path(os.path.realpath(image_dir))
+    resolved = {name: Path(os.path.realpath(image_dir / name)) for name in file_names}  # a link loop stays as named
+    return [f"{name} -> {target}" for name, target in resolved.items() if not target.is_relative_to(root)]
+
+
+def external_image_problems(coco: dict, image_dir: Path | None) -> list[str]:
+    """File names that leave the images folder, by name or through a symbolic link (nothing is opened)."""
+    names = [image["file_name"] for image in coco["images"] if image["file_name"]]
+    leaving = {name: leaves_image_folder(name) for name in names}
+    outside = [name for name in names if leaving[name]]
+    inside = [name for name in names if not leaving[name]]
+    problems = [f"{len(outside)} images have a file_name outside the images folder (absolute or through ../): "
+                f"{listing(outside)} (move them under images/ with a relative file_name, or pass "
+                "--allow_external_images to read them where they are)"] if outside else []
+    linked = links_out_of(image_dir, inside) if image_dir else []
+    if linked:
+        problems.append(f"{len(linked)} images in the images folder are symbolic links to files outside it: "
+                        f"{listing(linked)} (copy the files into images/, or pass --allow_external_images to read "
+                        "them where they are)")
+    return problems
+
+
+def repeated_file_problems(coco: dict) -> list[str]:
+    """One image file under several image ids: it would train twice and could fall on both sides of the eval carve."""
+    ids_of = defaultdict(list)
+    for image in coco["images"]:
+        if image["file_name"]:
+            ids_of[os.path.normpath(image["file_name"])].append(image["id"])
+    repeated = [f"{name} (ids {listing(ids)})" for name, ids in ids_of.items() if len(ids) > 1]
+    if not repeated:
         return []
-    return [f"{len(outside)} images have a file_name outside the images folder (absolute or through ../): "
-            f"{listing(outside)} (move them under images/ with a relative file_name, or pass "
-            "--allow_external_images to read them where they are)"]
+    return [f"{len(repeated)} image files are listed under more than one image id: {listing(repeated)} (keep one "
+            "entry per file and give it all the file's annotations: two entries train on one photo twice and can "
+            "put it in both the train and the eval split)"]
 
 
 def inspect_image(read_image: Callable[[], Image.Image]) -> ImageReport | Exception:
@@ -146,17 +189,21 @@ def inspect_image(read_image: Callable[[], Image.Image]) -> ImageReport | Except
         return error
 
 
-def image_problems(split: CocoSplit, where: str) -> list[str]:
-    """Missing, unreadable or wrongly sized images; the mode conversions and EXIF rotations are logged."""
+def image_problems(split: CocoSplit, where: str) -> tuple[list[str], list[SizeMismatch]]:
+    """Missing, unreadable or too large images, and those whose json size is neither of theirs; the mode conversions
+    and EXIF rotations are logged."""
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         reports = list(pool.map(lambda i: inspect_image(partial(split.read_image, i)),
                                 range(len(split.coco["images"]))))
-    missing, unreadable, too_large, wrong_size, rotated, kept_stored, modes = [], [], [], [], [], [], Counter()
+    missing, denied, unreadable, too_large, rotated, kept_stored, modes = [], [], [], [], [], [], Counter()
+    mismatches = []
     largest = 0  # pixels of the largest image over Pillow's limit
-    for entry, report in zip(split.coco["images"], reports, strict=True):
+    for index, (entry, report) in enumerate(zip(split.coco["images"], reports, strict=True)):
         name = entry["file_name"] or f"image id {entry['id']}"
         if isinstance(report, FileNotFoundError):
             missing.append(report.filename or name)
+        elif isinstance(report, PermissionError):
+            denied.append(report.filename or name)
         elif isinstance(report, Image.DecompressionBombError):
             too_large.append(f"{name} ({entry['width']}x{entry['height']})")
             largest = max(largest, entry["width"] * entry["height"])
@@ -170,13 +217,16 @@ def image_problems(split: CocoSplit, where: str) -> list[str]:
             elif annotated == stored != displayed:
                 kept_stored.append(name)
             elif annotated != displayed:
-                wrong_size.append(f"{name} (json {annotated[0]}x{annotated[1]}, image {displayed[0]}x{displayed[1]})")
+                mismatches.append(SizeMismatch(index, stored, displayed))
             if mode != "RGB":
                 modes[mode] += 1
     problems = []
     if missing:
         problems.append(f"{len(missing)} image files are missing: {listing(missing)} (restore them or remove "
                         "their entries from 'images')")
+    if denied:
+        problems.append(f"{len(denied)} image files cannot be read: permission denied: {listing(denied)} (give the "
+                        "user running this read access to them and their folders, e.g. chmod a+rX or chown)")
     if unreadable:
         problems.append(f"{len(unreadable)} images cannot be decoded (truncated or not an image): "
                         f"{listing(unreadable)} (re-export them or remove their entries)")
@@ -185,10 +235,6 @@ def image_problems(split: CocoSplit, where: str) -> list[str]:
                         f"({2 * Image.MAX_IMAGE_PIXELS} pixels, twice Image.MAX_IMAGE_PIXELS): "
                         f"{listing(too_large)} (if you trust these files, pass --max_image_pixels {largest}; or "
                         "downscale them)")
-    if wrong_size:
-        problems.append(f"{len(wrong_size)} images have a json width x height unlike the image's, so their boxes "
-                        f"cannot be trusted: {listing(wrong_size)} (set width and height to the size of the "
-                        "image the boxes were drawn on)")
     if modes:
         logger.info("%s: converting %d images to 8-bit RGB (%s)", where, modes.total(),
                     ", ".join(f"{count} {mode}" for mode, count in sorted(modes.items())))
@@ -197,7 +243,34 @@ def image_problems(split: CocoSplit, where: str) -> list[str]:
     if kept_stored:
         logger.info("%s: ignoring the EXIF orientation of %d images, their json size is that of the stored "
                     "pixels (%s)", where, len(kept_stored), listing(kept_stored))
-    return problems
+    return problems, mismatches
+
+
+def size_mismatch_problems(coco: dict, mismatches: Sequence[SizeMismatch]) -> list[str]:
+    """--on_size_mismatch refuse: every image whose json size is neither of its own, named."""
+    if not mismatches:
+        return []
+    named = []
+    for mismatch in mismatches:
+        image = coco["images"][mismatch.index]
+        named.append(f"{image['file_name'] or 'image id ' + str(image['id'])} (json {image['width']}x"
+                     f"{image['height']}, image {mismatch.displayed[0]}x{mismatch.displayed[1]})")
+    return [f"{len(named)} images have a json width x height unlike the image's, so their boxes cannot be trusted: "
+            f"{listing(named)} (set width and height to the size of the image the boxes were drawn on, or pass "
+            "--on_size_mismatch repair to repair each image by what its boxes say)"]
+
+
+def log_size_repairs(records: Sequence[SizeRepair], where: str) -> None:
+    """One warning per repair kind: how many images, which, and how many of them the boxes did not decide."""
+    by_kind = defaultdict(list)
+    for record in records:
+        by_kind[record.repair].append(record)
+    for kind, group in by_kind.items():
+        undecided = sum(record.evidence == BOTH_FIT for record in group)
+        note = (f"; the boxes of {undecided} of them fit both sizes and do not decide: check them in "
+                f"{SIZE_REPAIRS_FILE} of the run" if undecided else "")
+        logger.warning("%s: %d images have a json width x height unlike the image's: %s (%s): %s%s", where,
+                       len(group), KIND_NAMES[kind], KIND_REASONS[kind], listing(describe(r) for r in group), note)
 
 
 def drop_reason(bbox: list[float]) -> str:
@@ -226,18 +299,34 @@ def fix_boxes(coco: dict, where: str) -> list[dict]:
 
 
 def validate_split(split: CocoSplit, category_ids: Collection[int] | None = None,
-                   allow_external_images: bool = False) -> CocoSplit:
-    """`split` checked (DatasetError on what has no safe fix) and returned with its boxes fixed.
+                   allow_external_images: bool = False, on_size_mismatch: str = "repair") -> CocoSplit:
+    """`split` checked (DatasetError on what has no safe fix) and returned with its sizes and boxes fixed.
 
     category_ids: the categories the model predicts (the train split's); default: the split's own.
-    allow_external_images: read file_names that leave the images folder; refused before any is opened otherwise."""
+    allow_external_images: read file_names that leave the images folder; refused before any is opened otherwise.
+    on_size_mismatch: "repair" images whose json size is neither of theirs (`size_repair`), or "refuse" them."""
     where = split.source or split.name
     check_schema(split.coco, where)
     if category_ids is None:
         category_ids = {category["id"] for category in split.coco["categories"]}
-    external = [] if allow_external_images else external_image_problems(split.coco)
-    opened = [] if external else image_problems(split, where)  # no image is opened while one is outside images/
-    refuse_if(external + reference_problems(split.coco, category_ids) + opened, where)
+    external = [] if allow_external_images else external_image_problems(split.coco, split.image_dir)
+    # no image is opened while one is outside images/
+    opened, mismatches = ([], []) if external else image_problems(split, where)
+    if on_size_mismatch == "refuse":
+        opened += size_mismatch_problems(split.coco, mismatches)
+    refuse_if(external + reference_problems(split.coco, category_ids) + repeated_file_problems(split.coco) + opened,
+              where)
+    coco, repairs = repair_sizes(split.name, split.source, split.coco, mismatches)
+    log_size_repairs(repairs, where)
+    split = dataclasses.replace(split, coco=coco, size_repairs=tuple(repairs))
+    left_out = {record.image_id for record in repairs if record.new_size is None}
+    if left_out:
+        kept = [i for i, image in enumerate(coco["images"]) if image["id"] not in left_out]
+        if not kept:
+            raise DatasetError(f"{where}: every image was left out, its json size unlike the image's and its boxes "
+                               "fitting no size that maps onto it: set each image's width and height to the size "
+                               "of the image its boxes were drawn on")
+        split = dataclasses.replace(split.subset(kept, split.name), size_repairs=split.size_repairs)
     annotations = fix_boxes(split.coco, where)
     crowd = [ann["id"] for ann in annotations if is_crowd(ann)]
     if crowd:
