@@ -33,14 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
     from detr_ft.model.build import trained_from_scratch
     from detr_ft.model.presets import default_image_size
+    from detr_ft.run_files import RunArgumentsError
     from detr_ft.train.run_folder import RunFolderError, check_same_run, lock_run_folder
 
     args.data.image_size = args.data.image_size or default_image_size(args.model.model_name_or_path)
-    run_arguments = args.saved(from_scratch=trained_from_scratch(args.model.model_name_or_path))
     try:  # before anything is written into the folder
+        run_arguments = args.saved(from_scratch=trained_from_scratch(args.model.model_name_or_path))
         lock = lock_run_folder(args.training.output_dir)
         check_same_run(args.training.output_dir, run_arguments, args.training.overwrite_output_dir)
-    except RunFolderError as error:
+    except (RunArgumentsError, RunFolderError) as error:
         logging.error("%s", error)
         return 2
     try:

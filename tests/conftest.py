@@ -219,11 +219,15 @@ def write_centered_shapes(folder: Path, num_images: dict[str, int], seed: int = 
     return folder
 
 
+TRAINED_RUN_STEPS = [6, 12, 18]  # 48 images, batch 8: 6 steps an epoch, a checkpoint each epoch
+EVAL_CHECKPOINTS_OUTPUTS = ("checkpoint_metrics.json", "checkpoint_metrics.csv", "map_vs_epoch.png")
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """detr-tiny, 48 train / 16 validation images, 3 epochs, a checkpoint and mAP every epoch.
 
-    Shared by test_eval_checkpoints.py and test_inference.py.
+    Shared by test_eval_checkpoints.py, test_inference.py and test_faults.py (copied, `copy_run`, before a change).
     """
     base = tmp_path_factory.mktemp("eval-checkpoints-run")
     run_dir = base / "run"
@@ -236,6 +240,12 @@ def trained_run(tmp_path_factory) -> Path:
 
     assert run_object_detection.main(argv) == 0
     return run_dir
+
+
+def copy_run(run_dir: Path, destination: Path) -> Path:
+    """The run's checkpoints, final model, history and flags, without optimizer states or eval_checkpoints' outputs."""
+    ignored = shutil.ignore_patterns("optimizer.pt", "scheduler.pt", *EVAL_CHECKPOINTS_OUTPUTS)
+    return Path(shutil.copytree(run_dir, destination, ignore=ignored))
 
 
 def history_map(run_dir: Path) -> dict[str, float]:

@@ -101,7 +101,7 @@ def test_complete_checkpoint_damaged_later_is_skipped_naming_it(tmp_path, caplog
     assert (tmp_path / "checkpoint-2" / COMPLETE_MARKER).exists()
     resume_from = resume_checkpoint(TrainingArguments(output_dir=str(tmp_path)))
     assert resume_from == str(tmp_path / "checkpoint-1")
-    assert f"skipping {tmp_path / 'checkpoint-2'}: complete when saved, damaged since ({damaged_file}" in caplog.text
+    assert f"skipping {tmp_path / 'checkpoint-2'} (complete when saved): {damaged_file} is damaged" in caplog.text
 
     rerun = tiny_trainer(tmp_path, max_steps=2, callbacks=[CheckpointCompleteCallback()])
     rerun.train(resume_from_checkpoint=resume_from)

@@ -15,7 +15,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import IMAGE_SIZE, history_map
+from conftest import EVAL_CHECKPOINTS_OUTPUTS as RUN_OUTPUTS
+from conftest import IMAGE_SIZE, copy_run, history_map
+from conftest import TRAINED_RUN_STEPS as STEPS
 from PIL import Image
 
 from detr_ft.config import DataArguments, StaticShapeArguments
@@ -23,16 +25,6 @@ from detr_ft.data.prepare import prepare_data
 from detr_ft.evaluation import eval_checkpoints, inference
 
 pytestmark = pytest.mark.slow  # the shared entry run (trained_run), then evaluations of it
-
-STEPS = [6, 12, 18]  # 48 images, batch 8: 6 steps an epoch, a checkpoint each epoch
-RUN_OUTPUTS = ("checkpoint_metrics.json", "checkpoint_metrics.csv", "map_vs_epoch.png")
-
-
-def copy_run(run_dir: Path, destination: Path) -> Path:
-    """The run's checkpoints, history and flags, without optimizer states nor any eval_checkpoints output."""
-    ignored = shutil.ignore_patterns("optimizer.pt", "scheduler.pt", *RUN_OUTPUTS)
-    return Path(shutil.copytree(run_dir, destination, ignore=ignored))
-
 
 @pytest.fixture(scope="module")
 def evaluated_run(trained_run: Path, tmp_path_factory) -> Path:

@@ -19,11 +19,14 @@ Writes into --output_dir:
 
 Category ids: a dataset split's own, matched to the model's classes by name; for an image folder the model's
 label ids. An image of a folder that cannot be decoded is named, skipped and counted; the rest are written.
+
+Refused in one line before any image is run (exit 2): a --model_path that is not a folder, or whose model files
+are missing or damaged; a run_args.json beside it that cannot be read; --threshold outside [0, 1]; an --output_dir
+that cannot be created. A write that fails afterwards (a full disk) exits 4.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from transformers import HfArgumentParser
 
@@ -41,8 +45,16 @@ from detr_ft.data.sources import CocoSplit
 from detr_ft.data.validation import inspect_image, leaves_image_folder, listing
 from detr_ft.evaluation.coco_map import detections_from_predictions
 from detr_ft.evaluation.loop import CocoMetrics
-from detr_ft.evaluation.saved_run import eval_batch_size, load_model, load_split, several_processes_error, split_rows
-from detr_ft.run_files import read_run_arguments
+from detr_ft.evaluation.saved_run import (
+    DamagedModelError,
+    eval_batch_size,
+    load_saved_model,
+    load_split,
+    several_processes_error,
+    split_rows,
+)
+from detr_ft.run_files import RunArgumentsError, atomic_path, read_run_arguments, write_json_atomic
+from detr_ft.write_failure import describe_write_failure, one_line
 
 logger = logging.getLogger("detr_ft.evaluation.inference")  # not __name__: that is __main__ under -m
 
@@ -117,19 +129,49 @@ def draw_detections(image: Image.Image, detections: list[dict], names: dict[int,
     return image
 
 
+def flag_error(args: InferenceArguments) -> str | None:
+    """What is wrong with the flags, checked before the model is read, or None."""
+    if args.images_dir and (args.dataset_dir or args.split):
+        return "--images_dir or --dataset_dir/--split, not both"
+    if not 0 <= args.threshold <= 1:
+        return f"--threshold {args.threshold}: a score threshold must be in [0, 1], e.g. 0.5"
+    if not Path(args.model_path).is_dir():
+        kind = "a file, not a folder" if Path(args.model_path).exists() else "no such folder"
+        return f"--model_path {args.model_path}: {kind}; give a checkpoint-N folder or a run folder (its final model)"
+    if args.images_dir and not Path(args.images_dir).is_dir():
+        return f"--images_dir {args.images_dir}: no such folder"
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        return f"--output_dir {args.output_dir} is a file, not a folder: choose another --output_dir"
+    return None
+
+
+def make_output_dir(output_dir: Path) -> str | None:
+    """Create output_dir/annotated; why it cannot be, or None."""
+    try:
+        (output_dir / "annotated").mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a read-only file system, no permission, a file on the way
+        return f"--output_dir {output_dir} cannot be created ({one_line(error)}): choose another --output_dir"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(argv)
-    refusal = several_processes_error("detr_ft.evaluation.inference")
+    refusal = several_processes_error("detr_ft.evaluation.inference") or flag_error(args)
     if refusal:
         logger.error("%s", refusal)
         return 2
-    if args.images_dir and (args.dataset_dir or args.split):
-        logger.error("--images_dir or --dataset_dir/--split, not both")
+    output_dir = Path(args.output_dir)
+    try:
+        settings = read_run_arguments(args.model_path)
+        saved = load_saved_model(args.model_path)
+    except DamagedModelError as error:
+        logger.error("%s: give another --model_path (another checkpoint of the run)", error)
         return 2
-    model = load_model(args.model_path)
-    id2label = model.config.id2label
-    settings = read_run_arguments(args.model_path)
+    except RunArgumentsError as error:
+        logger.error("%s", error)
+        return 2
+    id2label = saved.model.config.id2label
     skipped = []
     try:
         if args.images_dir:
@@ -142,36 +184,53 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # DatasetError included: the data or the flags, named in the message
         logger.error("%s", error)
         return 2
-    rows = split_rows(model, args.model_path, split, classes, eval_batch_size(settings, args.batch_size),
-                      args.image_size, args.pad_images, show_progress=on_terminal())
+    refusal = make_output_dir(output_dir)  # before the images are run through the model
+    if refusal:
+        logger.error("%s", refusal)
+        return 2
+    rows = split_rows(saved, split, classes, eval_batch_size(settings, args.batch_size), args.image_size,
+                      args.pad_images, show_progress=on_terminal())
+    try:
+        write_outputs(output_dir, split, classes, rows, args.threshold, skipped)
+    except OSError as error:
+        message = describe_write_failure(error, f"--output_dir {output_dir}", output_dir,
+                                         "choose another --output_dir")
+        if message is None:
+            raise
+        logger.error("%s", message)
+        return 4
+    return 0
 
-    output_dir = Path(args.output_dir)
-    (output_dir / "annotated").mkdir(parents=True, exist_ok=True)
+
+def write_outputs(output_dir: Path, split: CocoSplit, classes: ClassMapping, rows: np.ndarray, threshold: float,
+                  skipped: list[str]) -> None:
+    """predictions.json, images.json, categories.json, annotated/ and (with annotations) metrics.json from the
+    rows (N, Q, 7) of `predict_rows`; each file whole or not at all (a full disk leaves no half file to trust)."""
     images = split.coco["images"]
     detections = detections_from_predictions(rows[..., :6], [image["id"] for image in images],
                                              [(image["height"], image["width"]) for image in images],
                                              classes.category_ids)
-    (output_dir / "predictions.json").write_text(json.dumps(detections))
-    (output_dir / "images.json").write_text(json.dumps(images, indent=2))
+    write_json_atomic(output_dir / "predictions.json", detections, indent=None)
+    write_json_atomic(output_dir / "images.json", images)
     names = classes.category_names
     categories = [{"id": category_id, "name": name} for category_id, name in sorted(names.items())]
-    (output_dir / "categories.json").write_text(json.dumps(categories, indent=2))
+    write_json_atomic(output_dir / "categories.json", categories)
     per_image = len(detections) // len(images)  # every query of every image, image after image
     for i, image in enumerate(images):
         picture = draw_detections(split.open_image(i), detections[i * per_image:(i + 1) * per_image], names,
-                                  args.threshold)
+                                  threshold)
         target = output_dir / "annotated" / annotated_path(image)
         target.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(target)
-    shown = int((rows[..., 0] >= args.threshold).sum())
+        with atomic_path(target) as temporary:
+            picture.save(temporary, format=Image.registered_extensions()[target.suffix.lower()])
+    shown = int((rows[..., 0] >= threshold).sum())
     unreadable = f" ({len(skipped)} more skipped: cannot be decoded)" if skipped else ""
-    print(f"{len(images)} images{unreadable}, {shown} detections scoring >= {args.threshold} drawn in "
+    print(f"{len(images)} images{unreadable}, {shown} detections scoring >= {threshold} drawn in "
           f"{output_dir / 'annotated'}")
     if split.coco["annotations"]:
         metrics = CocoMetrics(split, classes).score(rows)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_json_atomic(output_dir / "metrics.json", metrics)
         print(f"{split.name}: mAP {metrics['map']:.4f}  mAP50 {metrics['map_50']:.4f}  mAP75 {metrics['map_75']:.4f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.loop import predict_rows
 from detr_ft.launcher import launched_processes
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
+from detr_ft.train.checkpoints import file_damage
+from detr_ft.write_failure import one_line
 
 
 def several_processes_error(command: str) -> str | None:
@@ -30,21 +33,42 @@ def several_processes_error(command: str) -> str | None:
             f"or mpirun): run it with plain python")
 
 
-def load_model(path: str | Path) -> DetrForObjectDetection:
-    """The DETR saved at `path`, in eval mode; a damaged one (truncated weights, bad config) raises ValueError."""
+# What from_pretrained and the saved processor read: each must be there and readable.
+MODEL_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
+
+
+class DamagedModelError(ValueError):
+    """A saved model folder with a file missing or unreadable; the message names the folder and the file."""
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    model: DetrForObjectDetection
+    preprocessing: Preprocessing  # as it was trained: image size, padding, canvases
+
+
+def load_saved_model(path: str | Path, also_required: tuple[str, ...] = ()) -> SavedModel:
+    """The DETR saved at `path` (in eval mode) and its preprocessing. A file of MODEL_FILES or `also_required` that is
+    missing or damaged (truncated weights, json that does not parse), or weights missing or misshapen, raise
+    DamagedModelError naming it."""
+    damage = next(filter(None, (file_damage(Path(path) / name) for name in (*MODEL_FILES, *also_required))), None)
+    if damage:
+        raise DamagedModelError(f"{path} cannot be loaded: {damage}")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # its loading report lists unexpected keys too; judged below
     try:
         model, loading = DetrForObjectDetection.from_pretrained(path, use_safetensors=True, output_loading_info=True)
-    except Exception as error:  # safetensors, json, os and torch each raise their own types for a damaged file
-        raise ValueError(f"{Path(path).name} cannot be loaded: {type(error).__name__}: {error}") from error
+        preprocessing = Preprocessing.from_saved(path)
+    except Exception as error:  # parseable files that still do not make a model: transformers raises many types
+        raise DamagedModelError(f"{path} cannot be loaded: {one_line(error)}") from error
     finally:
         transformers.logging.set_verbosity(verbosity)
     # Unexpected keys are fine (BatchNorm's num_batches_tracked of presets); absent or misshapen ones are not.
     damaged = loading["missing_keys"] or loading["mismatched_keys"]
     if damaged:
-        raise ValueError(f"{Path(path).name} cannot be loaded: weights missing or misshapen: {sorted(damaged)[:5]}")
-    return model.eval()
+        raise DamagedModelError(f"{path} cannot be loaded: model.safetensors has weights missing or misshapen: "
+                                f"{sorted(damaged)[:5]}")
+    return SavedModel(model.eval(), preprocessing)
 
 
 def eval_batch_size(settings: dict, requested: int | None) -> int:
@@ -62,16 +86,15 @@ def load_split(settings: dict, split: str) -> CocoSplit:
     return validated_splits(data, carve_missing_eval=split == settings.get("eval_split"))[1]
 
 
-def split_rows(model: DetrForObjectDetection, model_path: str | Path, split: CocoSplit, classes: ClassMapping,
-               batch_size: int, image_size: int | None = None, pad_images: bool = False,
-               show_progress: bool = True) -> np.ndarray:
+def split_rows(saved: SavedModel, split: CocoSplit, classes: ClassMapping, batch_size: int,
+               image_size: int | None = None, pad_images: bool = False, show_progress: bool = True) -> np.ndarray:
     """Rows (N, Q, 7) of `predict_rows` on `split`, preprocessed as the model was trained (its saved processor:
     fit into image_size, padded to image_size x image_size, to its aspect-ratio canvases or not) unless overridden
     (another image_size drops the canvases, which were chosen for the trained one)."""
-    trained = Preprocessing.from_saved(model_path)
+    trained = saved.preprocessing
     same_size = image_size in (None, trained.image_size)
     preprocessing = Preprocessing(image_size or trained.image_size, pad_images or trained.pad_images,
                                   trained.image_canvases if same_size else ())
     dataset = DetectionDataset(split, classes.category_to_label, preprocessing.image_size,
                                canvases=preprocessing.canvases)
-    return predict_rows(model, dataset, preprocessing.canvases, batch_size, show_progress)
+    return predict_rows(saved.model, dataset, preprocessing.canvases, batch_size, show_progress)

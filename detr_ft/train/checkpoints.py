@@ -6,25 +6,33 @@ Trainer's save has returned on every process, flushes the files to disk and only
 and evaluation only trust folders that have it. A run resumed from step N may overwrite checkpoints past N in place,
 so it takes their markers away first.
 
-A checkpoint can still be damaged after its marker was written (a disk error, a copy cut short): resume checks the
-files it will read (`checkpoint_damage`, cheap: headers and zip directories) and falls back to the newest checkpoint
-that passes, naming the ones it skips.
+A checkpoint can still be damaged after its marker was written (a disk error, a copy cut short, a file replaced):
+resume checks the files it will read (`checkpoint_damage`) and falls back to the newest checkpoint that passes, naming
+the ones it skips. The checks are cheap: safetensors headers, json, zip directories, and for the pickles the Trainer
+loads at resume (optimizer, scheduler, scaler, RNG states) torch's weights-only unpickler run as the Trainer runs it,
+on a memory map: it reads the pickle and the zip directory, not the tensors, so an optimizer state of any size
+costs little more than its pickle. A pickle that unpickler refuses (one that would run code, say) would stop the
+resumed run with torch's advice to load it unsafely; here it is a damaged file like a truncated one.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import json
 import logging
 import os
+import pickle
 import re
-import shutil
 import zipfile
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from transformers import TrainerCallback, TrainingArguments
+
+from detr_ft.write_failure import describe_write_failure as describe_failed_write
+from detr_ft.write_failure import is_disk_full, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +92,58 @@ class CheckpointCompleteCallback(TrainerCallback):
             fsync_files(checkpoint)
 
 
-def checkpoint_damage(checkpoint: Path) -> str | None:
-    """What makes `checkpoint` unloadable, or None: truncated safetensors (their header must cover the file),
-    torch files whose zip directory (at the end of the file) is gone, unreadable trainer_state.json."""
-    for path in sorted(checkpoint.iterdir()):
-        try:
-            if path.suffix == ".safetensors":
-                with safe_open(path, "pt"):
-                    pass
-            elif path.suffix in (".pt", ".pth", ".bin"):
-                zipfile.ZipFile(path).close()
-            elif path.name == "trainer_state.json":
-                json.loads(path.read_text())
-        except Exception as error:  # safetensors, zipfile and json each raise their own types for a damaged file
-            return f"{path.name}: {type(error).__name__}: {error}"
+# What the Trainer loads with torch.load(weights_only=True) at resume; the RNG states with numpy's types allowed.
+RESUMED_PICKLES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)$")
+RNG_STATE = re.compile(r"^rng_state(_\d+)?\.pth$")
+
+
+def weights_only_refusal(error: pickle.UnpicklingError) -> str:
+    """Why torch's weights-only unpickler refused a file, without torch's advice to load it with weights_only=False
+    (the first paragraph) or its pointers to documentation and issues."""
+    lines = [line.strip() for line in str(error).splitlines()[1:]]
+    reasons = [line for line in lines if line and not line.startswith(("Check the documentation", "Please file"))]
+    return " ".join(reasons) or "refused"
+
+
+def load_as_the_trainer_does(path: Path) -> None:
+    """torch.load(weights_only=True) of `path`, as the Trainer loads it at resume, on a memory map (no tensor read)."""
+    if RNG_STATE.match(path.name):
+        from transformers.trainer import safe_globals  # the numpy types of the RNG states; both stacks name it so
+
+        allowed = safe_globals()
+    else:
+        allowed = contextlib.nullcontext()
+    with allowed:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def file_damage(path: Path) -> str | None:
+    """Why the checkpoint file `path` cannot be read back, or None: missing; truncated safetensors (their header must
+    cover the file); json that does not parse; torch files whose zip directory (at the end of the file) is gone;
+    pickles the Trainer loads at resume that torch's weights-only unpickler refuses."""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(path, "pt"):
+                pass
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            zipfile.ZipFile(path).close()
+            if RESUMED_PICKLES.match(path.name):
+                load_as_the_trainer_does(path)
+    except pickle.UnpicklingError as error:
+        return (f"{path.name} is damaged (torch's weights-only unpickler, which the Trainer loads it with, refuses it: "
+                f"{weights_only_refusal(error)})")
+    except Exception as error:  # safetensors, json, zipfile and torch each raise their own types for a damaged file
+        return f"{path.name} is damaged ({one_line(error)})"
     return None
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """What makes `checkpoint` unloadable at resume (`file_damage` of its files, the first found), or None."""
+    return next(filter(None, (file_damage(path) for path in sorted(checkpoint.iterdir()) if path.is_file())), None)
 
 
 def resume_checkpoint(training: TrainingArguments) -> str | None:
@@ -111,20 +156,14 @@ def resume_checkpoint(training: TrainingArguments) -> str | None:
         if damage is None:
             logger.info("resuming from %s (the last complete checkpoint in --output_dir)", checkpoint)
             return str(checkpoint)
-        logger.warning("skipping %s: complete when saved, damaged since (%s)", checkpoint, damage)
+        logger.warning("skipping %s (complete when saved): %s", checkpoint, damage)
     return None
 
 
-# torch.save's C++ writer reports a failed write (a full disk most often) without the OS error.
-WRITE_FAILURE_MESSAGES = ("iostream error", "file write failed", "No space left on device")
-
-
 def describe_write_failure(error: BaseException, output_dir: str | Path) -> str | None:
-    """An error message naming the disk when `error` is a failed write (a full disk, a quota); None otherwise."""
-    disk_full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-    if not (disk_full or any(text in str(error) for text in WRITE_FAILURE_MESSAGES)):
+    """An error message naming the disk when `error` is a failed write of a full disk (or quota); None otherwise.
+    Only a full disk: during training a file that cannot be opened may be one read, not written."""
+    if not is_disk_full(error):
         return None
-    free_mb = shutil.disk_usage(output_dir).free / 2**20 if Path(output_dir).exists() else float("nan")
-    return (f"writing to --output_dir {output_dir} failed, most likely the disk is full ({free_mb:.0f} MiB free "
-            f"there): {type(error).__name__}: {error}. Free space or choose another --output_dir; rerunning resumes "
-            "from the last complete checkpoint")
+    return describe_failed_write(error, f"--output_dir {output_dir}", output_dir,
+                                 "choose another --output_dir; rerunning resumes from the last complete checkpoint")

@@ -6,10 +6,13 @@
   its copy of the lock at once: a flock lives while any process holds the file open, and the workers of a killed run
   outlive it by seconds, long enough to refuse its rerun. Under DDP only rank 0 takes it (as torchrun or mpirun
   numbers it: `detr_ft.launcher`); the launcher stops the other ranks when rank 0 exits.
+- A folder it can write: an --output_dir that is a file, or that cannot be created or written (a read-only file
+  system, no permission), is refused before anything else, naming it.
 - The same run: before anything is written, `check_same_run` compares the flags that define the run (data, classes,
   image size, static shapes, model, optimizer settings a checkpoint's optimizer state would silently replace:
   `config.run_defining_flags`) with the folder's run_args.json. The same: rerunning resumes. Different: refused,
-  naming the flags, unless --overwrite_output_dir, which removes the earlier run's checkpoints and starts over.
+  naming the flags, unless --overwrite_output_dir, which removes the earlier run's checkpoints and starts over. A
+  run_args.json that cannot be read is refused too (`run_files.read_run_arguments` says what removing it means).
   Other flags (logging, eval batch size, --num_train_epochs to extend a run, the device) may change on resume.
 """
 
@@ -25,7 +28,7 @@ from typing import IO
 
 from detr_ft.config import run_defining_flags
 from detr_ft.launcher import launched_rank
-from detr_ft.run_files import RUN_ARGUMENTS_FILE, read_run_arguments
+from detr_ft.run_files import RUN_ARGUMENTS_FILE, RunArgumentsError, read_run_arguments
 from detr_ft.train.checkpoints import all_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -45,15 +48,26 @@ def close_held_locks() -> None:
 os.register_at_fork(after_in_child=close_held_locks)
 
 class RunFolderError(ValueError):
-    """The output dir is in use or holds another run."""
+    """The output dir cannot be written, is in use, or holds another run (or one whose flags cannot be read)."""
+
+
+def unusable_folder_message(output_dir: str | Path, error: OSError) -> str:
+    """Why `output_dir` cannot be created or written, and the fix."""
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        return f"--output_dir {output_dir} is a file, not a folder: choose another --output_dir"
+    return (f"--output_dir {output_dir} cannot be written ({error.strerror}: {error.filename}): choose another "
+            "--output_dir, or make that one writable")
 
 
 def lock_run_folder(output_dir: str | Path) -> IO | None:
     """Hold an exclusive lock on `output_dir` until the returned file is closed or the process ends."""
     if launched_rank() != 0:
         return None
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    handle = open(Path(output_dir) / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        handle = open(Path(output_dir) / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
+    except OSError as error:  # an existing file, a read-only file system, no permission
+        raise RunFolderError(unusable_folder_message(output_dir, error)) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -89,13 +103,16 @@ def check_same_run(output_dir: str | Path, current: dict, overwrite: bool) -> No
     output_dir = Path(output_dir)
     if not holds_a_run(output_dir):
         return
-    saved = read_run_arguments(output_dir) if (output_dir / RUN_ARGUMENTS_FILE).exists() else {}
     if overwrite:
         for checkpoint in all_checkpoints(output_dir):
             shutil.rmtree(checkpoint)
         logger.warning("--overwrite_output_dir: removed the checkpoints of the earlier run in %s; starting over",
                        output_dir)
         return
+    try:
+        saved = read_run_arguments(output_dir) if (output_dir / RUN_ARGUMENTS_FILE).exists() else {}
+    except RunArgumentsError as error:
+        raise RunFolderError(str(error)) from None
     differing = differing_flags(saved, current)
     if differing:
         changes = ", ".join(f"--{n} {saved[n]} -> {current[n]}" for n in differing)
