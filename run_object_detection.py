@@ -34,13 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     from detr_ft.model.build import trained_from_scratch
     from detr_ft.model.presets import default_image_size
     from detr_ft.run_files import RunArgumentsError
-    from detr_ft.train.run_folder import RunFolderError, check_same_run, lock_run_folder
+    from detr_ft.train.run_folder import FinishedRun, RunFolderError, claim_run_folder
 
     args.data.image_size = args.data.image_size or default_image_size(args.model.model_name_or_path)
     try:  # before anything is written into the folder
         run_arguments = args.saved(from_scratch=trained_from_scratch(args.model.model_name_or_path))
-        lock = lock_run_folder(args.training.output_dir)
-        check_same_run(args.training.output_dir, run_arguments, args.training.overwrite_output_dir)
+        lock = claim_run_folder(args.training.output_dir, run_arguments, args.training)
+    except FinishedRun as finished:
+        logging.info("%s", finished)
+        return 0
     except (RunArgumentsError, RunFolderError) as error:
         logging.error("%s", error)
         return 2
@@ -67,7 +69,13 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
     from detr_ft.model.build import build_model
     from detr_ft.model.criterion import build_criterion
     from detr_ft.run_files import save_run_arguments
-    from detr_ft.train.checkpoints import CheckpointCompleteCallback, describe_write_failure, resume_checkpoint
+    from detr_ft.train.checkpoints import (
+        CheckpointCompleteCallback,
+        checkpoint_state,
+        describe_write_failure,
+        last_step,
+        resume_checkpoint,
+    )
     from detr_ft.train.ddp_buffers import BroadcastBuffersBeforeEvaluation
     from detr_ft.train.devices import compile_settings
     from detr_ft.train.flag_checks import check_batch_fits
@@ -76,7 +84,7 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
     from detr_ft.train.optimizer import run_optimizer
     from detr_ft.train.run_summary import RunSummaryCallback, precision_name
     from detr_ft.train.trainer import build_trainer
-    from detr_ft.train.training_arguments import training_arguments
+    from detr_ft.train.training_arguments import steps_per_epoch, training_arguments
     from patches import apply_patches, apply_trainer_patches
 
     model_args, data_args, shapes, training = args.model, args.data, args.shapes, args.training
@@ -126,10 +134,17 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
                    BroadcastBuffersBeforeEvaluation(), run_summary],
     )
     apply_trainer_patches(trainer)
+    checkpoint = resume_checkpoint(training)
+    end = last_step(training, steps_per_epoch(data.images_per_canvas(), training))
     test_metrics = None
     try:
-        with run_summary.host_sync_audit(), compile_settings(training, data.canvases):
-            trainer.train(resume_from_checkpoint=resume_checkpoint(training))
+        if checkpoint and checkpoint_state(checkpoint)["global_step"] >= end:
+            logging.getLogger("detr_ft").info("%s is the run's last step (%d) and the final model is missing or "
+                                              "damaged: saving it from there", checkpoint, end)
+            trainer._load_from_checkpoint(checkpoint)  # the Trainer's own resume loader (patched on 5.x)
+        else:
+            with run_summary.host_sync_audit(), compile_settings(training, data.canvases):
+                trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         if data.test is not None:
             test_metrics = evaluate_split(trainer, data.test, data.test_classes, "test")
@@ -140,7 +155,7 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
     except NonFiniteLossError as error:
         logging.error("%s", error)
         return 3
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # torch, safetensors and the OS each report a failed write their own way
         message = describe_write_failure(error, training.output_dir)
         if message is None:
             raise

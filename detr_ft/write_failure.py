@@ -23,10 +23,19 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
+def causes(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from or during: torch.save's "unexpected pos" error comes from the
+    stream's "iostream error"."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def is_disk_full(error: BaseException) -> bool:
-    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-        return True
-    return any(text in str(error) for text in DISK_FULL_MESSAGES)
+    return any((isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS)
+               or any(text in str(cause) for text in DISK_FULL_MESSAGES) for cause in causes(error))
 
 
 def is_not_writable(error: BaseException, folder: str | Path) -> bool:

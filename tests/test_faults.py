@@ -28,6 +28,7 @@ import torch
 from conftest import TRAINED_RUN_STEPS as STEPS
 from conftest import copy_run, history_map
 from entry_runs import ENTRY, REPO, entry_argv, run_in_process
+from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from detr_ft.evaluation import eval_checkpoints, inference
@@ -443,3 +444,75 @@ def test_the_entry_resumes_past_a_checkpoint_whose_rng_state_would_run_code(refe
     assert "resuming from" in caplog.text and str(run / "checkpoint-2") in caplog.text
     assert not marker.exists()
     assert json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+
+
+TRAIN_FULL_DISK_CASES = {
+    # tmpfs size, a file the failed run left, the words of its one line on stderr. A detr-tiny checkpoint is about
+    # 12.5 MB (weights 4.1, optimizer 8.3); the run ends with its first checkpoint (--max_steps 2: an epoch of
+    # tiny_coco), then saves the final model (weights 4.1).
+    "train: disk full during a checkpoint save": (
+        "8m", "checkpoint-2/optimizer.pt", ("writing to --output_dir", "most likely the disk is full", "MiB free",
+                                            "RuntimeError")),
+    "train: disk full during the final save": (
+        "15m", "checkpoint-2/checkpoint_complete",
+        ("writing to --output_dir", "most likely the disk is full", "MiB free", "SafetensorError")),
+}
+
+
+@pytest.mark.slow  # two entry runs in a subprocess
+@pytest.mark.parametrize("name", TRAIN_FULL_DISK_CASES)
+def test_training_on_a_full_disk_exits_4_and_a_rerun_with_space_finishes_without_training_further(
+        name: str, tiny_coco: Path, tmp_path: Path, private_mounts) -> None:
+    """Torch's checkpoint writer and safetensors' final save each report a full disk their own way: both exit 4 in
+    one line. The checkpoint cut short has no completion marker; once space is freed the rerun finishes the run: from
+    scratch when no checkpoint was complete, else by saving the final model from the last one (no step more)."""
+    size, left, words = TRAIN_FULL_DISK_CASES[name]
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    command = " ".join([PYTHON, str(ENTRY), *entry_argv(tiny_coco, disk / "run", "--max_steps", "2")])
+    script = f"""set -e
+mount -t tmpfs -o size={size} tmpfs {disk}
+status=0; {command} > /dev/null 2> {out}/full.log || status=$?; echo $status > {out}/full.status
+test -e {disk}/run/{left} && echo yes > {out}/left || true
+test -e {disk}/run/checkpoint-2/checkpoint_complete && echo yes > {out}/complete_before || true
+mount -o remount,size=64m {disk}
+status=0; {command} > /dev/null 2> {out}/freed.log || status=$?; echo $status > {out}/freed.status
+cp -r {disk}/run {out}/run
+"""
+
+    result = in_mount_namespace(script)
+
+    assert result.returncode == 0, result.stderr
+    assert (out / "full.status").read_text().strip() == "4", (out / "full.log").read_text()
+    one_line_on_stderr((out / "full.log").read_text(), words)
+    assert (out / "left").exists()  # the write that failed was the one the case names
+    assert (out / "freed.status").read_text().strip() == "0", (out / "freed.log").read_text()
+    run = out / "run"
+    assert [p.name for p in sorted(run.glob("checkpoint-*"))] == ["checkpoint-2"]  # no step more than asked for
+    state = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    final, last = load_file(run / "model.safetensors"), load_file(run / "checkpoint-2" / "model.safetensors")
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in last)
+    if (out / "complete_before").exists():  # the final save failed: the rerun saved it from the checkpoint
+        assert "saving it from there" in (out / "freed.log").read_text()
+
+
+@pytest.mark.slow  # entry runs
+@pytest.mark.parametrize("max_steps", ["3", "4"], ids=["inside an epoch", "at an epoch's end"])
+def test_a_finished_run_stays_finished_byte_for_byte(max_steps: str, tiny_coco: Path, tmp_path: Path, caplog) -> None:
+    """Rerunning a finished run trains nothing and writes nothing, whether it ended inside an epoch or at its end
+    (tiny_coco: 2 steps an epoch); asking for more steps trains on from the last checkpoint."""
+    argv = entry_argv(tiny_coco, tmp_path / "run", "--max_steps", max_steps, "--ckpt_store_interval_epochs", "1")
+    assert run_in_process(argv) == 0
+    every_file = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*") if p.is_file()}
+
+    with caplog.at_level(logging.INFO):
+        assert run_in_process(argv) == 0
+        assert run_in_process(argv) == 0
+
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in (tmp_path / "run").rglob("*") if p.is_file()} == every_file  # the lock file too
+    assert f"finished: checkpoint-{max_steps} is its last step ({max_steps})" in caplog.text
+    assert run_in_process([*argv, "--max_steps", "6"]) == 0
+    assert json.loads((tmp_path / "run" / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -30,6 +31,7 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from transformers import TrainerCallback, TrainingArguments
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from detr_ft.write_failure import describe_write_failure as describe_failed_write
 from detr_ft.write_failure import is_disk_full, one_line
@@ -144,6 +146,21 @@ def file_damage(path: Path) -> str | None:
 def checkpoint_damage(checkpoint: Path) -> str | None:
     """What makes `checkpoint` unloadable at resume (`file_damage` of its files, the first found), or None."""
     return next(filter(None, (file_damage(path) for path in sorted(checkpoint.iterdir()) if path.is_file())), None)
+
+
+def last_step(training: TrainingArguments, steps_per_epoch: int) -> int:
+    """The step a run ends at: --max_steps, else --num_train_epochs' worth of steps (as the Trainer counts them)."""
+    return training.max_steps if training.max_steps > 0 else math.ceil(training.num_train_epochs * steps_per_epoch)
+
+
+def checkpoint_state(checkpoint: str | Path) -> dict:
+    """A checkpoint's trainer_state.json: global_step, and save_steps, the run's checkpoint interval in steps."""
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+
+
+def final_model_damage(output_dir: str | Path) -> str | None:
+    """What is wrong with the final model a run saves into its output dir (a save cut short, a full disk), or None."""
+    return file_damage(Path(output_dir) / SAFE_WEIGHTS_NAME) or file_damage(Path(output_dir) / CONFIG_NAME)
 
 
 def resume_checkpoint(training: TrainingArguments) -> str | None:

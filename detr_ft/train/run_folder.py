@@ -14,6 +14,12 @@
   naming the flags, unless --overwrite_output_dir, which removes the earlier run's checkpoints and starts over. A
   run_args.json that cannot be read is refused too (`run_files.read_run_arguments` says what removing it means).
   Other flags (logging, eval batch size, --num_train_epochs to extend a run, the device) may change on resume.
+- A finished run stays finished: when the folder's newest complete checkpoint is at the run's last step and its
+  final model is whole, a rerun with the same flags does nothing and writes nothing, not even the lock
+  (`FinishedRun`). With a final model that is missing or damaged (its save failed) the rerun saves it from that
+  checkpoint instead of training further (the entry's `train`).
+
+`claim_run_folder` does all of this, in that order.
 """
 
 from __future__ import annotations
@@ -26,10 +32,18 @@ import weakref
 from pathlib import Path
 from typing import IO
 
+from transformers import TrainingArguments
+
 from detr_ft.config import run_defining_flags
 from detr_ft.launcher import launched_rank
 from detr_ft.run_files import RUN_ARGUMENTS_FILE, RunArgumentsError, read_run_arguments
-from detr_ft.train.checkpoints import all_checkpoints
+from detr_ft.train.checkpoints import (
+    all_checkpoints,
+    checkpoint_state,
+    complete_checkpoints,
+    final_model_damage,
+    last_step,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +60,10 @@ def close_held_locks() -> None:
 
 
 os.register_at_fork(after_in_child=close_held_locks)
+
+class FinishedRun(Exception):
+    """The folder's run has trained its last step and saved its final model: nothing is left to do."""
+
 
 class RunFolderError(ValueError):
     """The output dir cannot be written, is in use, or holds another run (or one whose flags cannot be read)."""
@@ -98,17 +116,10 @@ def differing_flags(saved: dict, current: dict) -> list[str]:
     return names
 
 
-def check_same_run(output_dir: str | Path, current: dict, overwrite: bool) -> None:
-    """Refuse to resume another run; with `overwrite`, remove the earlier run's checkpoints instead."""
-    output_dir = Path(output_dir)
+def check_same_run(output_dir: Path, current: dict) -> dict:
+    """Refuse to resume another run; the folder's run_args.json ({} when there is none)."""
     if not holds_a_run(output_dir):
-        return
-    if overwrite:
-        for checkpoint in all_checkpoints(output_dir):
-            shutil.rmtree(checkpoint)
-        logger.warning("--overwrite_output_dir: removed the checkpoints of the earlier run in %s; starting over",
-                       output_dir)
-        return
+        return {}
     try:
         saved = read_run_arguments(output_dir) if (output_dir / RUN_ARGUMENTS_FILE).exists() else {}
     except RunArgumentsError as error:
@@ -119,3 +130,44 @@ def check_same_run(output_dir: str | Path, current: dict, overwrite: bool) -> No
         raise RunFolderError(f"--output_dir {output_dir} holds a run with other flags ({changes}); rerunning there "
                              "resumes that run. Rerun with its flags to resume it, choose another --output_dir, or "
                              "add --overwrite_output_dir to start over (its checkpoints are removed)")
+    return saved
+
+
+def finished_run(output_dir: Path, saved: dict, training: TrainingArguments) -> str | None:
+    """Why the folder's run has nothing left to do (its last step trained, its final model whole), or None.
+
+    The last step is --max_steps, or --num_train_epochs' worth of the steps per epoch the run counted (its
+    checkpoints' interval, save_steps, over --ckpt_store_interval_epochs), so a rerun asking for more epochs goes on."""
+    checkpoints = complete_checkpoints(output_dir)
+    if not checkpoints or final_model_damage(output_dir):
+        return None
+    state = checkpoint_state(checkpoints[-1])
+    end = last_step(training, state["save_steps"] // saved.get("ckpt_store_interval_epochs", 1))
+    if state["global_step"] < end:
+        return None
+    return (f"--output_dir {output_dir} holds this run, finished: {checkpoints[-1].name} is its last step ({end}) "
+            "and its final model is saved. Nothing to train: raise --max_steps or --num_train_epochs to train further")
+
+
+def start_over(output_dir: Path) -> None:
+    """--overwrite_output_dir: remove the earlier run's checkpoints."""
+    checkpoints = all_checkpoints(output_dir)
+    for checkpoint in checkpoints:
+        shutil.rmtree(checkpoint)
+    if checkpoints:
+        logger.warning("--overwrite_output_dir: removed the checkpoints of the earlier run in %s; starting over",
+                       output_dir)
+
+
+def claim_run_folder(output_dir: str | Path, current: dict, training: TrainingArguments) -> IO | None:
+    """The run folder for a run with the flags `current` (run_args.json's form), locked (see the module doc): raises
+    RunFolderError for another run, a folder in use or one it cannot write, FinishedRun for this run finished."""
+    output_dir = Path(output_dir)
+    if not training.overwrite_output_dir:
+        finished = finished_run(output_dir, check_same_run(output_dir, current), training)
+        if finished:
+            raise FinishedRun(finished)
+    lock = lock_run_folder(output_dir)
+    if training.overwrite_output_dir:
+        start_over(output_dir)
+    return lock
