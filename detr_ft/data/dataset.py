@@ -10,7 +10,6 @@ Boxes are normalised by the image they belong to, before any padding (the origin
 
 from __future__ import annotations
 
-import logging
 import os
 
 import albumentations as A
@@ -23,49 +22,7 @@ from detr_ft.data.canvases import assign_canvases
 from detr_ft.data.images import Canvas, Preprocessing
 from detr_ft.data.loader_workers import exit_with
 from detr_ft.data.sources import CocoSplit
-
-logger = logging.getLogger(__name__)
-
-
-def clip_to_image(bbox: list[float], width: int, height: int) -> list[float] | None:
-    """COCO [x, y, w, h] clipped to a width x height image; None when it is not finite, has w or h <= 0, or
-    keeps less than 1 pixel of width or height inside the image."""
-    x, y, w, h = (float(v) for v in bbox)
-    if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
-        return None
-    x0, y0 = max(x, 0.0), max(y, 0.0)
-    x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-    return [x0, y0, x1 - x0, y1 - y0] if x1 - x0 >= 1.0 and y1 - y0 >= 1.0 else None
-
-
-def is_crowd(annotation: dict) -> bool:
-    """A COCO crowd region (iscrowd 1): no training target, as in DETR; COCOeval reads it as an ignore region."""
-    return bool(annotation.get("iscrowd"))  # COCOeval's own test
-
-
-def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per image: boxes (n, 4) COCO xywh clipped to the image, labels (n,); degenerate boxes dropped, counted;
-    crowd regions left out (`is_crowd`).
-
-    After `validation.validate_split` nothing is left to clip or drop; this guards splits used without it."""
-    index_of = {image["id"]: i for i, image in enumerate(split.coco["images"])}
-    boxes: list[list] = [[] for _ in index_of]
-    labels: list[list] = [[] for _ in index_of]
-    dropped = 0
-    for ann in split.coco["annotations"]:
-        if is_crowd(ann):
-            continue
-        image = split.coco["images"][index_of[ann["image_id"]]]
-        box = clip_to_image(ann["bbox"], image["width"], image["height"])
-        if box is None:
-            dropped += 1
-            continue
-        boxes[index_of[ann["image_id"]]].append(box)
-        labels[index_of[ann["image_id"]]].append(category_to_label[ann["category_id"]])
-    if dropped:
-        logger.warning("%s: dropped %d degenerate boxes (zero area after clipping to the image)", split.name, dropped)
-    return [(np.asarray(b, np.float32).reshape(-1, 4), np.asarray(lb, np.int64))
-            for b, lb in zip(boxes, labels, strict=True)]
+from detr_ft.data.validation import clean_objects
 
 
 class DetectionDataset(torch.utils.data.Dataset):

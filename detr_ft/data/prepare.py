@@ -12,13 +12,13 @@ from PIL import Image
 from detr_ft.config import DataArguments, StaticShapeArguments
 from detr_ft.data.augmentation import train_augmentation
 from detr_ft.data.canvases import CanvasGroupedSampler, choose_canvases, padded_pixel_fraction
-from detr_ft.data.dataset import DetectionDataset, is_crowd
+from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.images import Canvas
 from detr_ft.data.labels import ClassMapping, missing_names
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.data.size_repair import SizeRepair
 from detr_ft.data.sources import TEST_SPLIT, CocoSplit, DatasetError, carve_validation, load_splits, load_test_split
-from detr_ft.data.validation import refuse_if, validate_split
+from detr_ft.data.validation import is_crowd, refuse_if, validate_split
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,14 @@
     fixed (logged, counted) such a json size (`size_repair`: by what the boxes say, or the image left out);
                             box partly outside its image -> clipped; box with NaN / inf, w or h <= 0, or less than
                             1 px inside its image -> dropped; grayscale, RGBA, palette, CMYK, 16-bit -> RGB; EXIF
-                            orientation -> applied (rule in `data.to_rgb`); image without boxes -> kept as a negative;
+                            orientation -> applied (rule in `images.to_rgb`); image without boxes -> kept as a negative;
                             crowd annotation (iscrowd 1) -> kept for mAP (an ignore region), left out of training
-                            targets (`dataset.is_crowd`)
+                            targets (`is_crowd`)
 
 Every image is fully decoded once (threads; Pillow decodes without the GIL), because only a decode finds a
-truncated file: about 1 s per 4096 images of 64 px, under one epoch of data loading at any size. More objects
-in an image than num_queries is not an input error: `training.warn_queries_overflow` warns about it.
+truncated file: less work than one epoch of data loading at any size. More objects in an image than num_queries is
+not an input error: `prepare.warn_queries_overflow` warns about it. The rules for boxes (`clip_to_image`, `is_crowd`)
+live here; `clean_objects` applies them to what the dataset trains on.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from detr_ft.data.dataset import clip_to_image, is_crowd
 from detr_ft.data.images import displayed_size, exif_orientation
 from detr_ft.data.size_repair import (
     BOTH_FIT,
@@ -271,6 +272,47 @@ def log_size_repairs(records: Sequence[SizeRepair], where: str) -> None:
                 f"{SIZE_REPAIRS_FILE} of the run" if undecided else "")
         logger.warning("%s: %d images have a json width x height unlike the image's: %s (%s): %s%s", where,
                        len(group), KIND_NAMES[kind], KIND_REASONS[kind], listing(describe(r) for r in group), note)
+
+
+def clip_to_image(bbox: list[float], width: int, height: int) -> list[float] | None:
+    """COCO [x, y, w, h] clipped to a width x height image; None when it is not finite, has w or h <= 0, or
+    keeps less than 1 pixel of width or height inside the image."""
+    x, y, w, h = (float(v) for v in bbox)
+    if not (all(math.isfinite(v) for v in (x, y, w, h)) and w > 0 and h > 0):
+        return None
+    x0, y0 = max(x, 0.0), max(y, 0.0)
+    x1, y1 = min(x + w, float(width)), min(y + h, float(height))
+    return [x0, y0, x1 - x0, y1 - y0] if x1 - x0 >= 1.0 and y1 - y0 >= 1.0 else None
+
+
+def is_crowd(annotation: dict) -> bool:
+    """A COCO crowd region (iscrowd 1): no training target, as in DETR; COCOeval reads it as an ignore region."""
+    return bool(annotation.get("iscrowd"))  # COCOeval's own test
+
+
+def clean_objects(split: CocoSplit, category_to_label: dict[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image: boxes (n, 4) COCO xywh clipped to the image, labels (n,); degenerate boxes dropped, counted;
+    crowd regions left out (`is_crowd`).
+
+    After `validate_split` nothing is left to clip or drop; this guards splits used without it."""
+    index_of = {image["id"]: i for i, image in enumerate(split.coco["images"])}
+    boxes: list[list] = [[] for _ in index_of]
+    labels: list[list] = [[] for _ in index_of]
+    dropped = 0
+    for ann in split.coco["annotations"]:
+        if is_crowd(ann):
+            continue
+        image = split.coco["images"][index_of[ann["image_id"]]]
+        box = clip_to_image(ann["bbox"], image["width"], image["height"])
+        if box is None:
+            dropped += 1
+            continue
+        boxes[index_of[ann["image_id"]]].append(box)
+        labels[index_of[ann["image_id"]]].append(category_to_label[ann["category_id"]])
+    if dropped:
+        logger.warning("%s: dropped %d degenerate boxes (zero area after clipping to the image)", split.name, dropped)
+    return [(np.asarray(b, np.float32).reshape(-1, 4), np.asarray(lb, np.int64))
+            for b, lb in zip(boxes, labels, strict=True)]
 
 
 def drop_reason(bbox: list[float]) -> str:
