@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
-from detr_ft.model.box_ops import PAD_BOX
+from detr_ft.data.padding import PAD_BOX, DetectionCollator, compute_bucket_sizes
 
 
 def sample(h, w, n, index=0):

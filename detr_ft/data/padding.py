@@ -25,9 +25,12 @@ import numpy as np
 import torch
 
 from detr_ft.data.images import Canvas
-from detr_ft.model.box_ops import PAD_BOX
 
 logger = logging.getLogger(__name__)
+
+# The box padded target rows carry, and unmatched queries are compared with in the loss (model/criterion.py): a real
+# box, so every op on it stays finite, and identical on both sides, so it adds exactly zero loss and gradient.
+PAD_BOX = (0.5, 0.5, 1.0, 1.0)
 
 
 def compute_bucket_sizes(object_counts: np.ndarray, num_buckets: int) -> list[int]:

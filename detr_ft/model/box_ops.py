@@ -1,13 +1,7 @@
-"""Box formats and generalized IoU, as transformers' and facebookresearch/detr's box_ops, without host syncs.
-
-`PAD_BOX` is the box that padded target rows carry (data.padding) and unmatched queries are compared with (loss): a
-real box, so every op on it stays finite, and identical on both sides, so it adds exactly zero loss and gradient.
-"""
+"""Box formats and generalized IoU, as transformers' and facebookresearch/detr's box_ops, without host syncs."""
 
 import torch
 from torch import Tensor
-
-PAD_BOX = (0.5, 0.5, 1.0, 1.0)
 
 
 def center_to_corners(boxes: Tensor) -> Tensor:

@@ -30,7 +30,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from transformers import DetrConfig, PreTrainedModel
 
-from detr_ft.model.box_ops import PAD_BOX, center_to_corners, generalized_box_iou
+from detr_ft.data.padding import PAD_BOX
+from detr_ft.model.box_ops import center_to_corners, generalized_box_iou
 from detr_ft.model.matcher import hungarian_match
 from detr_ft.model.outputs import DetectionOutput
 
