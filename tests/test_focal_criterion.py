@@ -23,8 +23,8 @@ BUCKETS = ["exact", "dataset_max", 16, 24]
 # The two families' configs differ in their matching costs (class_cost 2 / 1); focal_alpha off its default checks
 # that the loss reads it (and the matcher does not).
 FAMILIES = {
-    "conditional_detr": lambda **kwargs: ConditionalDetrConfig(use_timm_backbone=False, **kwargs),
-    "deformable_detr": lambda **kwargs: DeformableDetrConfig(use_timm_backbone=False, **kwargs),
+    "conditional_detr": lambda **kwargs: ConditionalDetrConfig(use_timm_backbone=False, backbone=None, **kwargs),
+    "deformable_detr": lambda **kwargs: DeformableDetrConfig(use_timm_backbone=False, backbone=None, **kwargs),
 }
 MODEL_CLASSES = {"conditional_detr": "ConditionalDetrForObjectDetection",
                  "deformable_detr": "DeformableDetrForObjectDetection"}
