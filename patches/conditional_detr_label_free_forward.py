@@ -25,7 +25,7 @@ from transformers.models.conditional_detr.modeling_conditional_detr import (
 from detr_ft.model.outputs import DetectionOutput
 from patches import swap_forward
 
-TESTED = {"transformers": ("==5.24.*",)}
+TESTED = {"transformers": ("==4.55.*", "==5.24.*")}
 
 
 def patch_model(model: nn.Module) -> int:

@@ -23,7 +23,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
 from detr_ft.model.outputs import DetectionOutput
 from patches import swap_forward
 
-TESTED = {"transformers": ("==5.24.*",)}
+TESTED = {"transformers": ("==4.55.*", "==5.24.*")}
 
 
 def patch_model(model: nn.Module) -> int:
