@@ -6,12 +6,14 @@ host: one sync per encoder layer and step, which stalls the CUDA stream and cuts
 forward picks the clamped or the unclamped tensor on the device, `torch.where(all finite, h, clamp(h))`, so values
 and gradients are those of the original for every dtype (a plain unconditional clamp would differ in float16, whose
 clamp bound max - 1000 lies below its largest finite value).
+Conditional DETR's encoder layer has the very same forward (`ConditionalDetrEncoderLayer`): patched alike.
 Upstream: not reported as of transformers 5.24 (the check comes from BART's encoder layer). Delete when
 `DetrEncoderLayer.forward` has no data-dependent `if`; the rest of the forward is upstream's, keep it in step.
 """
 
 import torch
 from torch import nn
+from transformers.models.conditional_detr.modeling_conditional_detr import ConditionalDetrEncoderLayer
 from transformers.models.detr.modeling_detr import DetrEncoderLayer
 
 from patches import swap_forward
@@ -20,8 +22,10 @@ TESTED = {"transformers": ("==5.24.*",)}
 
 
 def patch_model(model: nn.Module) -> int:
-    """Swap the forward of every DetrEncoderLayer in `model` (idempotent); returns how many layers it patched."""
-    return swap_forward(model, DetrEncoderLayer, forward_without_sync)
+    """Swap the forward of every DetrEncoderLayer and ConditionalDetrEncoderLayer in `model` (idempotent); returns
+    how many layers it patched."""
+    return sum(swap_forward(model, layer_type, forward_without_sync)
+               for layer_type in (DetrEncoderLayer, ConditionalDetrEncoderLayer))
 
 
 def forward_without_sync(

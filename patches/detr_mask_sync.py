@@ -6,6 +6,7 @@ which for sdpa first evaluates `padding_mask.all()` to return no mask when nothi
 decoder cross-attention). Pre-hooks on both modules build the same 4D masks with `allow_is_bidirectional_skip=False`
 and pass them on; the modules use a 4D mask as it is. Padded batches get the very same mask; a batch without padding
 gets an all-True mask instead of None (same attention, maybe another sdpa kernel).
+Conditional DETR's encoder and decoder build their masks alike: hooked alike.
 Upstream: not reported as of transformers 5.24 (torch.compile tracing already skips the check, HPU lazy mode and
 eager CUDA do not). Delete when DETR passes `allow_is_bidirectional_skip=False` or the check leaves the host.
 """
@@ -13,14 +14,20 @@ eager CUDA do not). Delete when DETR passes `allow_is_bidirectional_skip=False` 
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.conditional_detr.modeling_conditional_detr import (
+    ConditionalDetrDecoder,
+    ConditionalDetrEncoder,
+)
 from transformers.models.detr.modeling_detr import DetrDecoder, DetrEncoder
 
 TESTED = {"transformers": ("==5.24.*",)}
 
 
 def patch_model(model: nn.Module) -> int:
-    """Hook every DetrEncoder / DetrDecoder in `model` (idempotent); returns how many modules are hooked."""
-    modules = [module for module in model.modules() if isinstance(module, DetrEncoder | DetrDecoder)]
+    """Hook every (Conditional)DetrEncoder / (Conditional)DetrDecoder in `model` (idempotent); returns how many
+    modules are hooked."""
+    hooked = DetrEncoder | DetrDecoder | ConditionalDetrEncoder | ConditionalDetrDecoder
+    modules = [module for module in model.modules() if isinstance(module, hooked)]
     for module in modules:
         if materialize_masks not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(materialize_masks, with_kwargs=True)

@@ -1,8 +1,9 @@
-"""Presets: small DETR configurations trained from scratch (CPU demo, tests), one json file each in presets/.
+"""Presets: small DETR-family configurations trained from scratch (CPU demo, tests), one json file each in presets/.
 
-    {"description": "...", "image_size": 128, "config": {DetrConfig fields}}
+    {"description": "...", "image_size": 128, "model_type": "detr", "config": {config fields of that model type}}
 
-`image_size` is the default --image_size for the preset, not a model setting.
+`image_size` is the default --image_size for the preset, not a model setting; `model_type` names the family
+(transformers' model type: "detr", "conditional_detr", "deformable_detr").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Preset:
     name: str
     description: str
     image_size: int
+    model_type: str
     config: dict
 
 
