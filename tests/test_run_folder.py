@@ -46,13 +46,18 @@ def test_rerun_with_other_flags_is_refused_before_anything_is_written(earlier_ru
 
 @pytest.mark.slow
 def test_rerun_with_harmless_changes_resumes(earlier_run, data_dir):
-    summary = (earlier_run / "run_summary.json").read_bytes()
+    """Flags that do not define the run may change: the finished run stays as it is; asked for more epochs, it
+    resumes and trains on with them."""
+    run_args, summary = (earlier_run / RUN_ARGUMENTS_FILE).read_bytes(), (earlier_run / "run_summary.json").read_bytes()
     argv = entry_argv(data_dir, earlier_run, "--logging_steps", "2", "--per_device_eval_batch_size", "1")
 
     assert run_in_process(argv) == 0
+    assert (earlier_run / RUN_ARGUMENTS_FILE).read_bytes() == run_args  # nothing to train: nothing written
+    assert (earlier_run / "run_summary.json").read_bytes() == summary
 
+    assert run_in_process([*argv, "--num_train_epochs", "3"]) == 0
     assert json.loads((earlier_run / RUN_ARGUMENTS_FILE).read_text())["per_device_eval_batch_size"] == 1
-    assert (earlier_run / "run_summary.json").read_bytes() == summary  # no step left to train: kept
+    assert json.loads((earlier_run / "run_summary.json").read_text())["steps"] == 6
 
 
 @pytest.mark.slow
