@@ -214,13 +214,12 @@ class HabanaFusedAdamW(torch.optim.AdamW):
 ])
 def test_adamw_on_hpu_is_habana_s_fused_adamw_with_the_given_betas(monkeypatch, optim, optimizer_class):
     args = TrainingArguments("unused", optim=optim, adam_beta2=0.98, adam_epsilon=1e-6)
-    args.use_habana = True  # GaudiTrainingArguments' flag: building one with it on needs an HPU
     for name in ("habana_frameworks", "habana_frameworks.torch", "habana_frameworks.torch.hpex",
                  "habana_frameworks.torch.hpex.optimizers"):  # after the arguments: accelerate looks for an HPU
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     sys.modules["habana_frameworks.torch.hpex.optimizers"].FusedAdamW = HabanaFusedAdamW
 
-    chosen, kwargs = optimizer_class_and_kwargs(args)
+    chosen, kwargs = optimizer_class_and_kwargs(args, on_hpu=True)
 
     assert chosen is optimizer_class
     if chosen is HabanaFusedAdamW:
