@@ -25,11 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         # Before TrainingArguments exist: building them fixes HPU lazy or eager mode (`config.device_arguments`).
         device_type = check_device_settings(device_arguments(argv))
         args = parse_arguments(argv)
+        hpu_compile_default(args)
         check_flags(args)
     except (FlagError, DeviceSettingsError) as error:
         logging.error("%s", error)
         return 2
-    hpu_compile_default(args)
     static_shape_defaults(args)
     # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
     from detr_ft.model.build import trained_from_scratch

@@ -7,6 +7,7 @@ valid value, all refusals in one message (one line for one refused flag).
                           here; a --model_name_or_path that cannot load (offline: at once, not after the hub's
                           retries)
     hpu_compile_default   transformers' Trainer on HPU in eager mode: --torch_compile on hpu_backend unless turned off
+                          (before check_flags, which reads whether a graph compiler pads the images)
     static_shape_defaults on a graph-compiling device: image padding on unless turned off, the cost of what is off
     check_batch_fits      the batch against the training set (once the data is read, still before the model)
 
