@@ -9,8 +9,8 @@ OUTDIR ?= outputs/cppe5
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv venv-gaudi data cppe5 demo demo-canvases train eval-all-checkpoints infer test test-main test-gaudi test-fast bench bench-canvas\
-	lint clean
+.PHONY: venv venv-gaudi data cppe5 demo demo-canvases train train-hpu train-hpu-hf eval-all-checkpoints infer test test-main \
+	test-gaudi test-fast bench bench-canvas lint clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,18 @@ bench-canvas: $(VENV)/.installed
 RECIPE ?= recipes/cppe5-r50.json
 train: $(VENV)/.installed
 	$(PY) run_object_detection.py $(RECIPE) --output_dir $(OUTDIR) $(ARGS)
+
+# Fine-tune on Gaudi (HPU), one target per trainer stack (docs/gaudi.md: which to use, set-up, what is unverified).
+# They run on a Gaudi host inside Intel's PyTorch container, whose python and Habana torch build they use (HPU_RUN),
+# not this project's venvs (CPU torch): train-hpu is optimum-habana's GaudiTrainer (requirements-gaudi.txt without its
+# torch line), train-hpu-hf transformers 5's own Trainer (requirements.txt). Multi-card: HPU_RUN="torchrun
+# --nproc_per_node 8". ARGS: more flags, overriding the recipe's.
+HPU_RUN ?= python3
+train-hpu:
+	$(HPU_RUN) run_object_detection.py recipes/cppe5-r50-hpu.json --output_dir $(OUTDIR) $(ARGS)
+
+train-hpu-hf:
+	$(HPU_RUN) run_object_detection.py recipes/cppe5-r50-hpu-hf.json --output_dir $(OUTDIR) $(ARGS)
 
 # mAP of every complete checkpoint of OUTDIR on the run's eval split (ARGS="--split test", ARGS=--redo):
 # checkpoint_metrics.csv/.json (best checkpoint named) and map_vs_epoch.png, written into OUTDIR.

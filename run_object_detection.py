@@ -16,7 +16,7 @@ import sys
 from detr_ft.config import FlagError, RunArguments, device_arguments, parse_arguments
 from detr_ft.console import setup_logging
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings
-from detr_ft.train.flag_checks import check_flags, static_shape_defaults
+from detr_ft.train.flag_checks import check_flags, hpu_compile_default, static_shape_defaults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         # Before TrainingArguments exist: building them fixes HPU lazy or eager mode (`config.device_arguments`).
         device_type = check_device_settings(device_arguments(argv))
         args = parse_arguments(argv)
+        hpu_compile_default(args)
         check_flags(args)
     except (FlagError, DeviceSettingsError) as error:
         logging.error("%s", error)
@@ -108,7 +109,7 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
     apply_patches(model, static_shapes=bool(data.bucket_sizes),
                   train_backbone_stages=not from_scratch and not model_args.freeze_backbone,
                   cpu_position_embedding=args.device.cpu_position_embedding)
-    run_summary = RunSummaryCallback(training.output_dir, device_type, data.bucket_sizes, data_args.image_size,
+    run_summary = RunSummaryCallback(training.output_dir, training.device.type, data.bucket_sizes, data_args.image_size,
                                      precision_name(training), data.canvases, data.padded_pixel_fraction,
                                      shapes.audit_host_syncs)
     preprocessing = Preprocessing(data_args.image_size, shapes.pad_images,
@@ -129,11 +130,12 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
         processing_class=preprocessing.image_processor(),
         compute_metrics=CocoMetrics(data.eval_split, data.eval_classes),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        optimizers=(run_optimizer(model, model_args, training, from_scratch), None),
+        optimizers=(run_optimizer(model, model_args, training, from_scratch, on_hpu=device_type == "hpu"), None),
         callbacks=[MapHistoryCallback(training.output_dir), CheckpointCompleteCallback(),
                    BroadcastBuffersBeforeEvaluation(), run_summary],
     )
     apply_trainer_patches(trainer)
+    run_summary.name_stack(trainer, args.device)
     checkpoint = resume_checkpoint(training)
     end = last_step(training, steps_per_epoch(data.images_per_canvas(), training))
     test_metrics = None

@@ -93,22 +93,29 @@ class StaticShapeArguments:
 
 @dataclass
 class DeviceArguments:
-    device: Literal["auto", "cpu", "cuda", "hpu"] = flag("auto", "Where to train; auto: CUDA when visible, else CPU.")
-    use_habana: bool = flag(False, "Train on Gaudi (HPU) with optimum-habana.")
-    trainer: Literal["auto", "hf", "gaudi"] = flag("auto", "auto (GaudiTrainer on HPU, Trainer else), hf, or gaudi "
-                                                           "(GaudiTrainer anywhere).")
-    use_lazy_mode: bool = flag(False, "HPU lazy mode (PT_HPU_LAZY_MODE=1); eager when off.")
-    gaudi_config_name: str | None = flag(None, "GaudiConfig hub id or json; default: fused AdamW, fused clip, "
-                                               "autocast.")
-    use_hpu_graphs_for_training: bool = flag(False, "Wrap training in HPU graphs.")
-    use_hpu_graphs_for_inference: bool = flag(False, "Wrap evaluation in HPU graphs.")
-    throughput_warmup_steps: int = flag(0, "Steps left out of the throughput (HPU).")
+    device: Literal["auto", "cpu", "cuda", "hpu"] = flag("auto", "Where to train; auto: CUDA when visible, else CPU; "
+                                                                 "hpu: the same as --use_habana.")
+    use_habana: bool = flag(False, "Train on Gaudi (HPU), with the trainer --trainer names (docs/gaudi.md).")
+    trainer: Literal["auto", "hf", "gaudi"] = flag("auto", "auto (on HPU optimum-habana's GaudiTrainer where it is "
+                                                           "installed, else transformers' Trainer), hf (transformers' "
+                                                           "Trainer, on HPU too), or gaudi (GaudiTrainer anywhere).")
+    use_lazy_mode: bool = flag(False, "HPU lazy mode (PT_HPU_LAZY_MODE=1); eager when off (with transformers' "
+                                      "Trainer: --torch_compile on Habana's hpu_backend unless turned off).")
+    gaudi_config_name: str | None = flag(None, "GaudiTrainer: GaudiConfig hub id or json; default: fused AdamW, "
+                                               "fused clip, autocast.")
+    use_hpu_graphs_for_training: bool = flag(False, "Cache the training forward in HPU graphs (lazy mode).")
+    use_hpu_graphs_for_inference: bool = flag(False, "GaudiTrainer: wrap evaluation in HPU graphs.")
+    throughput_warmup_steps: int = flag(0, "GaudiTrainer: steps left out of the throughput.")
     autocast: bool = flag(False, "bf16 autocast; the same as --bf16.")
-    cpu_position_embedding: bool = flag(False, "Gaudi, static shapes: keep optimum-habana's DETR position embedding "
-                                               "computed on the CPU (huggingface/optimum-habana#1334, a workaround "
-                                               "for its HPU execution then): 2 host round-trips per step. Off: "
-                                               "computed on the HPU, as transformers does "
+    cpu_position_embedding: bool = flag(False, "GaudiTrainer, static shapes: keep optimum-habana's DETR position "
+                                               "embedding computed on the CPU (huggingface/optimum-habana#1334, a "
+                                               "workaround for its HPU execution then): 2 host round-trips per step. "
+                                               "Off: computed on the HPU, as transformers does "
                                                "(patches/detr_position_embedding.py).")
+
+    def __post_init__(self) -> None:
+        if self.device == "hpu":
+            self.use_habana = True
 
 
 TRAINING_DEFAULTS = {

@@ -67,6 +67,15 @@ def reference_run(tiny_coco, tmp_path_factory) -> Path:
     return output_dir
 
 
+@pytest.fixture
+def habana_stand_in(monkeypatch):
+    """The test-only habana_frameworks importable in this process for one test (tests/hpu_stand_in.py)."""
+    from hpu_stand_in import in_process
+
+    with in_process(monkeypatch):
+        yield
+
+
 ASPECT_SCALES = ((1, 1), (2, 1), (1, 2))  # (width, height) factors: square, landscape 2:1, portrait 1:2
 
 

@@ -1,12 +1,14 @@
-"""Device and precision settings: contradictions fail before any model is built and name the fix; PT_HPU_LAZY_MODE
-follows the flags; --bf16 / --autocast train the entry under autocast with the DETR loss in float32; --torch_compile
-runs the entry, with the loss's host copy as a graph break."""
+"""Device and precision settings: contradictions fail before any model is built and name the fix (on HPU also the
+flags only the other trainer reads); PT_HPU_LAZY_MODE follows the flags; --bf16 / --autocast train the entry under
+autocast with the DETR loss in float32; --torch_compile runs the entry, with the loss's host copy as a graph
+break."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from detr_ft.config import parse_arguments
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.build import build_model
 from detr_ft.model.criterion import DetrCriterion
-from detr_ft.train.devices import DeviceSettingsError, check_device_settings
+from detr_ft.train.devices import DeviceSettingsError, check_device_settings, is_installed, trainer_stack
 from detr_ft.train.run_summary import SUMMARY_FILE, RunSummaryCallback, graph_compilations, hpu_graph_compilations
 from detr_ft.train.training_arguments import training_arguments
 from patches import detr_label_free_forward
@@ -42,26 +44,52 @@ def no_lazy_mode_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+HF_ON_HPU = ["--use_habana", "--trainer", "hf"]
+
+
 @pytest.mark.parametrize(("flags", "env", "fix"), [
     (["--use_lazy_mode"], None, "add --use_habana or drop them"),
     (["--use_hpu_graphs_for_training"], None, "add --use_habana or drop them"),
-    (["--device", "hpu"], None, "--device hpu needs --use_habana"),
-    (["--use_habana", "--trainer", "hf"], None, "drop --trainer hf"),
     (["--use_habana", "--device", "cpu"], None, "drop one of them"),
+    (["--use_habana", "--device", "cuda"], None, "--use_habana contradicts --device cuda"),
     (["--use_habana", "--use_lazy_mode"], "0", "unset it or set PT_HPU_LAZY_MODE=1"),
     (["--use_habana"], "1", "set PT_HPU_LAZY_MODE=0, or add --use_lazy_mode"),
+    ([*HF_ON_HPU, "--gaudi_config_name", "gaudi_config.json"], None, "--gaudi_config_name: optimum-habana's "
+     "GaudiTrainer only, and this run trains with transformers' Trainer: drop them, or train with --trainer gaudi"),
+    ([*HF_ON_HPU, "--use_lazy_mode", "--use_hpu_graphs_for_inference"], None, "--use_hpu_graphs_for_inference: "
+     "optimum-habana's GaudiTrainer only"),
+    ([*HF_ON_HPU, "--throughput_warmup_steps", "3"], None, "--throughput_warmup_steps: optimum-habana's"),
+    (["--trainer", "hf", "--cpu_position_embedding"], None, "--cpu_position_embedding: optimum-habana's"),
+    ([*HF_ON_HPU, "--use_hpu_graphs_for_training"], None, "HPU graphs capture lazy-mode graphs only: add "
+     "--use_lazy_mode"),
 ])
 def test_contradictory_settings_name_the_fix(no_lazy_mode_env, flags, env, fix):
     if env is not None:
         no_lazy_mode_env.setenv("PT_HPU_LAZY_MODE", env)
 
-    with pytest.raises(DeviceSettingsError, match=fix):
+    with pytest.raises(DeviceSettingsError, match=re.escape(fix)):
         check_device_settings(device_arguments(*flags))
 
 
-@pytest.mark.parametrize(("flags", "lazy_mode"), [(["--use_lazy_mode"], "1"), ([], "0")])
-def test_habana_sets_pt_hpu_lazy_mode(no_lazy_mode_env, flags, lazy_mode):
-    assert check_device_settings(device_arguments("--use_habana", *flags)) == "hpu"
+@pytest.mark.skipif(is_installed("habana_frameworks"), reason="checks a machine without Intel Gaudi software")
+def test_habana_without_intel_gaudi_software_is_refused(no_lazy_mode_env):
+    with pytest.raises(DeviceSettingsError, match=r"habana_frameworks \(Intel Gaudi software\) is not installed"):
+        check_device_settings(device_arguments("--use_habana"))
+    assert "PT_HPU_LAZY_MODE" not in os.environ
+
+
+@pytest.mark.skipif(is_installed("optimum.habana"), reason="checks the venv without optimum-habana")
+def test_without_optimum_habana_habana_trains_with_transformers_trainer_and_gaudi_is_refused():
+    assert trainer_stack(device_arguments("--use_habana")) == "hf"
+    assert trainer_stack(device_arguments()) == "hf"
+    with pytest.raises(DeviceSettingsError, match="optimum-habana is not installed here"):
+        check_device_settings(device_arguments("--trainer", "gaudi"))
+
+
+@pytest.mark.parametrize(("flags", "lazy_mode"), [(["--use_habana", "--use_lazy_mode"], "1"),
+                                                  (["--use_habana"], "0"), (["--device", "hpu"], "0")])
+def test_habana_sets_pt_hpu_lazy_mode(no_lazy_mode_env, habana_stand_in, flags, lazy_mode):
+    assert check_device_settings(device_arguments(*flags)) == "hpu"
     assert os.environ["PT_HPU_LAZY_MODE"] == lazy_mode
 
 
@@ -70,19 +98,29 @@ def test_without_habana_pt_hpu_lazy_mode_is_left_alone(no_lazy_mode_env):
     assert "PT_HPU_LAZY_MODE" not in os.environ
 
 
-def test_entry_refuses_contradictions_before_building_a_model(no_lazy_mode_env, tmp_path, caplog):
+@pytest.mark.parametrize(("flags", "env", "message"), [
+    (LAZY_FLAGS, "0", "PT_HPU_LAZY_MODE=0 in the environment contradicts lazy mode"),
+    ([*LAZY_FLAGS, "--torch_compile"], None, "--torch_compile: HPU lazy mode builds its own graphs, and Habana's "
+     "torch.compile backend runs in eager mode only: drop --use_lazy_mode (eager mode), or drop --torch_compile"),
+    ([*LAZY_FLAGS, "--torch_compile_backend", "hpu_backend"], None, "--torch_compile: HPU lazy mode"),
+    ([*HF_ON_HPU, "--gaudi_config_name", "gaudi_config.json"], None, "--gaudi_config_name: optimum-habana's "
+     "GaudiTrainer only"),
+])
+def test_entry_refuses_contradictions_before_building_a_model(no_lazy_mode_env, habana_stand_in, tmp_path, caplog,
+                                                              flags, env, message):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was built despite contradictory device settings")
 
     no_lazy_mode_env.setattr("detr_ft.model.build.build_model", no_model)
-    no_lazy_mode_env.setenv("PT_HPU_LAZY_MODE", "0")
+    if env is not None:
+        no_lazy_mode_env.setenv("PT_HPU_LAZY_MODE", env)
     output_dir = tmp_path / "run"
 
     status = run_object_detection.main(["--output_dir", str(output_dir), "--model_name_or_path", "detr-tiny",
-                                        *LAZY_FLAGS])
+                                        *flags])
 
     assert status == 2
-    assert "PT_HPU_LAZY_MODE=0 in the environment contradicts lazy mode" in caplog.text
+    assert message in caplog.text
     assert not output_dir.exists()
 
 

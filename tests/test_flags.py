@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 
 from detr_ft.config import FlagError, parse_arguments, user_set_flags
 from detr_ft.run_files import RUN_ARGUMENTS_FILE, save_run_arguments
-from detr_ft.train.flag_checks import check_flags, static_shape_defaults
+from detr_ft.train.flag_checks import check_flags, hpu_compile_default, static_shape_defaults
 from detr_ft.train.optimizer import optimizer_class_and_kwargs
 
 
@@ -214,17 +214,37 @@ class HabanaFusedAdamW(torch.optim.AdamW):
 ])
 def test_adamw_on_hpu_is_habana_s_fused_adamw_with_the_given_betas(monkeypatch, optim, optimizer_class):
     args = TrainingArguments("unused", optim=optim, adam_beta2=0.98, adam_epsilon=1e-6)
-    args.use_habana = True  # GaudiTrainingArguments' flag: building one with it on needs an HPU
     for name in ("habana_frameworks", "habana_frameworks.torch", "habana_frameworks.torch.hpex",
                  "habana_frameworks.torch.hpex.optimizers"):  # after the arguments: accelerate looks for an HPU
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     sys.modules["habana_frameworks.torch.hpex.optimizers"].FusedAdamW = HabanaFusedAdamW
 
-    chosen, kwargs = optimizer_class_and_kwargs(args)
+    chosen, kwargs = optimizer_class_and_kwargs(args, on_hpu=True)
 
     assert chosen is optimizer_class
     if chosen is HabanaFusedAdamW:
         assert kwargs == {"betas": (0.9, 0.98), "eps": 1e-6}
+
+
+@pytest.mark.parametrize(("flags", "compiled", "backend"), [
+    (["--use_habana", "--trainer", "hf"], True, "hpu_backend"),  # eager mode: compiled unless turned off
+    (["--use_habana", "--trainer", "hf", "--torch_compile"], True, "hpu_backend"),  # not the CPU's inductor
+    (["--use_habana", "--trainer", "hf", "--torch_compile", "false"], False, None),
+    (["--use_habana", "--trainer", "hf", "--torch_compile_backend", "eager"], True, "eager"),
+    (["--use_habana", "--trainer", "hf", "--use_lazy_mode"], False, None),
+    (["--use_habana", "--trainer", "gaudi"], False, None),  # GaudiTrainer: as optimum-habana has it
+    ([], False, None),
+])
+def test_transformers_trainer_on_hpu_compiles_on_hpu_backend_in_eager_mode_unless_told_otherwise(flags, compiled,
+                                                                                                 backend):
+    args = parse_arguments(["--output_dir", "unused", "--image_buckets", "3", *flags])
+
+    hpu_compile_default(args)
+
+    assert args.training.torch_compile is compiled
+    if compiled:
+        assert args.training.torch_compile_backend == backend
+        check_flags(args)  # --image_buckets without --pad_images: the compiler pads the images
 
 
 @pytest.mark.parametrize(("flags", "compiler"), [

@@ -3,39 +3,73 @@ compiler settings for fixed image shapes.
 
 `check_device_settings` runs first: HPU lazy/eager mode is read from PT_HPU_LAZY_MODE when habana_frameworks is first
 imported, so the variable must agree with --use_lazy_mode before that. Even building TrainingArguments imports it on
-a Gaudi host, so the check reads the device flags alone (`config.device_arguments`). The trainer and its arguments
-for each device: train/trainer.py and train/training_arguments.py.
+a Gaudi host, so the check reads the device flags alone (`config.device_arguments`). On HPU two trainers can run a
+step (`trainer_stack`): optimum-habana's GaudiTrainer, or transformers' own Trainer with what GaudiTrainer adds to
+a step (train/hpu_trainer.py); a flag only the other one reads is refused here. The trainer and its arguments for
+each device: train/trainer.py and train/training_arguments.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from contextlib import AbstractContextManager
+from typing import Literal
 
 import torch
 from transformers import TrainingArguments
 
 from detr_ft.config import DeviceArguments
 
+# Device flags only optimum-habana's GaudiTrainer reads: refused with transformers' Trainer, which would ignore them.
+GAUDI_TRAINER_ONLY = ("gaudi_config_name", "use_hpu_graphs_for_inference", "throughput_warmup_steps",
+                      "cpu_position_embedding")
+
 
 class DeviceSettingsError(ValueError):
     """Contradictory device flags or environment; raised before any model is built."""
 
 
+def is_installed(module_name: str) -> bool:
+    """Whether `module_name` can be imported, without importing it (habana_frameworks reads PT_HPU_LAZY_MODE then)."""
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:  # its parent package is missing, e.g. no `optimum` at all
+        return False
+
+
+def trainer_stack(device: DeviceArguments) -> Literal["hf", "gaudi"]:
+    """The trainer a run uses: --trainer hf or gaudi as given; auto: optimum-habana's GaudiTrainer on HPU where it is
+    installed, transformers' Trainer everywhere else (docs/gaudi.md: which to choose)."""
+    if device.trainer != "auto":
+        return device.trainer
+    return "gaudi" if device.use_habana and is_installed("optimum.habana") else "hf"
+
+
 def check_device_settings(device: DeviceArguments) -> str:
     """Validate the flags, set what habana_frameworks reads at import to match them (PT_HPU_LAZY_MODE, the autocast
     op lists of --gaudi_config_name), and return the device type to run on."""
-    if device.device == "hpu" and not device.use_habana:
-        raise DeviceSettingsError("--device hpu needs --use_habana (the Gaudi path runs through optimum-habana)")
     if device.use_habana and device.device in ("cpu", "cuda"):
         raise DeviceSettingsError(f"--use_habana contradicts --device {device.device}: drop one of them")
-    if device.use_habana and device.trainer == "hf":
-        raise DeviceSettingsError("--use_habana needs optimum-habana's GaudiTrainer: drop --trainer hf")
+    stack = trainer_stack(device)
+    if stack == "gaudi" and not is_installed("optimum.habana"):
+        raise DeviceSettingsError("--trainer gaudi: optimum-habana is not installed here: run in its venv "
+                                  "(make venv-gaudi, docs/gaudi.md), or use --trainer hf")
     hpu_only = [name for name in ("use_lazy_mode", "use_hpu_graphs_for_training", "use_hpu_graphs_for_inference")
                 if getattr(device, name)]
     if hpu_only and not device.use_habana:
         raise DeviceSettingsError(f"--{' --'.join(hpu_only)} only apply to Gaudi: add --use_habana or drop them")
+    if stack == "hf":
+        gaudi_only = [name for name in GAUDI_TRAINER_ONLY if getattr(device, name)]
+        if gaudi_only:
+            raise DeviceSettingsError(f"--{' --'.join(gaudi_only)}: optimum-habana's GaudiTrainer only, and this run "
+                                      "trains with transformers' Trainer: drop them, or train with --trainer gaudi "
+                                      "(docs/gaudi.md)")
+        if device.use_hpu_graphs_for_training and not device.use_lazy_mode:
+            raise DeviceSettingsError("--use_hpu_graphs_for_training: HPU graphs capture lazy-mode graphs only: add "
+                                      "--use_lazy_mode, or drop it (eager mode compiles the forward with "
+                                      "--torch_compile instead)")
     if device.use_habana:
         wanted = "1" if device.use_lazy_mode else "0"
         current = os.environ.get("PT_HPU_LAZY_MODE")
@@ -44,6 +78,9 @@ def check_device_settings(device: DeviceArguments) -> str:
             fix = f"unset it or set PT_HPU_LAZY_MODE={wanted}"
             fix += "" if device.use_lazy_mode else ", or add --use_lazy_mode"
             raise DeviceSettingsError(f"PT_HPU_LAZY_MODE={current} in the environment contradicts {mode} mode: {fix}")
+        if not is_installed("habana_frameworks"):
+            raise DeviceSettingsError("--use_habana: habana_frameworks (Intel Gaudi software) is not installed here: "
+                                      "train on a Gaudi host, in Intel's PyTorch container (docs/gaudi.md)")
         os.environ["PT_HPU_LAZY_MODE"] = wanted
         if device.gaudi_config_name:
             declare_autocast_op_lists(device.gaudi_config_name)

@@ -1,10 +1,13 @@
 """Every flag checked in one place, before data is read or a model is built; each refusal names the flag and a
 valid value, all refusals in one message (one line for one refused flag).
 
-    check_flags           values out of range; flags that have no effect with the others; flags the project sets
-                          itself, when the user set them otherwise; Trainer flags that do not apply to DETR;
-                          an --optim transformers cannot build here; a --model_name_or_path that cannot load
-                          (offline: at once, not after the hub's retries)
+    check_flags           values out of range; flags that have no effect with the others or contradict them (HPU
+                          lazy mode and --torch_compile); flags the project sets itself, when the user set them
+                          otherwise; Trainer flags that do not apply to DETR; an --optim transformers cannot build
+                          here; a --model_name_or_path that cannot load (offline: at once, not after the hub's
+                          retries)
+    hpu_compile_default   transformers' Trainer on HPU in eager mode: --torch_compile on hpu_backend unless turned off
+                          (before check_flags, which reads whether a graph compiler pads the images)
     static_shape_defaults on a graph-compiling device: image padding on unless turned off, the cost of what is off
     check_batch_fits      the batch against the training set (once the data is read, still before the model)
 
@@ -21,6 +24,7 @@ from transformers import TrainingArguments
 
 from detr_ft.config import AUTO_WORKERS, DeviceArguments, FlagError, RunArguments, StaticShapeArguments
 from detr_ft.model.presets import is_preset, preset_names
+from detr_ft.train.devices import trainer_stack
 from detr_ft.train.optimizer import library_optimizer
 from detr_ft.train.training_arguments import PROJECT_SETS, steps_per_epoch
 
@@ -35,6 +39,8 @@ NOT_FOR_DETR = {
     "label_smoothing_factor": (0.0, "DETR's class loss down-weights the no-object class instead (the model config's "
                                     "eos_coefficient)"),
 }
+# Habana's torch.compile backend (registered when habana_frameworks.torch is imported).
+HPU_COMPILE_BACKEND = "hpu_backend"
 # Flags derived from --ckpt_store_interval_epochs: any user value is refused.
 DERIVED_FROM_INTERVAL = ("save_steps", "eval_steps")
 
@@ -90,6 +96,9 @@ def check_flags(args: RunArguments) -> None:
         if name in user_set:
             problems.append(f"--{name}: checkpoints and mAP evaluations go together, every "
                             "--ckpt_store_interval_epochs epochs: drop the flag and set --ckpt_store_interval_epochs N")
+    if device.use_habana and device.use_lazy_mode and training.torch_compile:
+        problems.append("--torch_compile: HPU lazy mode builds its own graphs, and Habana's torch.compile backend runs "
+                        "in eager mode only: drop --use_lazy_mode (eager mode), or drop --torch_compile")
     if "use_cpu" in user_set and training.use_cpu and device.device != "cpu":
         problems.append("--use_cpu: the device follows --device: use --device cpu instead")
     try:  # the library's part only: HPU lazy/eager mode is fixed when habana_frameworks is first imported
@@ -122,6 +131,21 @@ def model_source_problems(name_or_path: str, revision: str | None) -> list[str]:
         return [f"--model_name_or_path {name_or_path}: HF_HUB_OFFLINE is set and the hub cache has no copy: give "
                 f"{ways}, or download it once with the hub reachable"]
     return []
+
+
+def hpu_compile_default(args: RunArguments) -> None:
+    """transformers' Trainer on HPU in eager mode compiles the forward with `torch.compile` on Habana's `hpu_backend`
+    (Intel's recommended mode) unless `--torch_compile` is given; a compile backend the user did not name is
+    `hpu_backend`, whether or not transformers found an HPU to choose it by itself."""
+    device, training, user_set = args.device, args.training, args.user_set
+    if not device.use_habana or device.use_lazy_mode or trainer_stack(device) != "hf":
+        return
+    if not user_set & {"torch_compile", "torch_compile_backend", "torch_compile_mode"}:
+        training.torch_compile = True
+        logger.info("HPU eager mode: --torch_compile is on (backend %s); --torch_compile false turns it off",
+                    HPU_COMPILE_BACKEND)
+    if training.torch_compile and "torch_compile_backend" not in user_set:
+        training.torch_compile_backend = HPU_COMPILE_BACKEND
 
 
 def graph_compiler(device: DeviceArguments, training: TrainingArguments) -> str | None:

@@ -30,10 +30,11 @@ def library_optimizer(args: TrainingArguments) -> tuple[type[torch.optim.Optimiz
     return optimizer_class, kwargs
 
 
-def optimizer_class_and_kwargs(args: TrainingArguments) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    """`library_optimizer`, but Habana's fused AdamW for AdamW on HPU (GaudiConfig.use_fused_adam only reaches
-    optimizers the trainer builds, and torch's fused AdamW has no HPU kernel)."""
-    if getattr(args, "use_habana", False) and args.optim in ADAMW_OPTIMIZERS:
+def optimizer_class_and_kwargs(args: TrainingArguments,
+                               on_hpu: bool = False) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """`library_optimizer`, but Habana's fused AdamW for AdamW `on_hpu`, with either trainer (GaudiConfig's
+    use_fused_adam only reaches optimizers GaudiTrainer builds, and torch's fused AdamW has no HPU kernel)."""
+    if on_hpu and args.optim in ADAMW_OPTIMIZERS:
         from habana_frameworks.torch.hpex.optimizers import FusedAdamW
 
         return FusedAdamW, {"betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
@@ -67,13 +68,14 @@ def build_optimizer(model: nn.Module, learning_rate: float, backbone_lr: float, 
 
 
 def run_optimizer(model: nn.Module, model_args: ModelArguments, training: TrainingArguments,
-                  from_scratch: bool) -> torch.optim.Optimizer:
+                  from_scratch: bool, on_hpu: bool = False) -> torch.optim.Optimizer:
     """The run's optimizer: `--optim` over the backbone (at --backbone_lr: PRETRAINED_BACKBONE_LR for a pretrained
-    model, --learning_rate from scratch) and the rest; what trains at which rate is logged."""
+    model, --learning_rate from scratch) and the rest, Habana's for AdamW `on_hpu`; what trains at which rate is
+    logged."""
     backbone_lr = model_args.backbone_lr
     if backbone_lr is None:
         backbone_lr = training.learning_rate if from_scratch else PRETRAINED_BACKBONE_LR
-    optimizer_class, optimizer_kwargs = optimizer_class_and_kwargs(training)
+    optimizer_class, optimizer_kwargs = optimizer_class_and_kwargs(training, on_hpu)
     optimizer = build_optimizer(model, training.learning_rate, backbone_lr, training.weight_decay, optimizer_class,
                                 optimizer_kwargs)
     logger.info("what trains, stepped by %s:\n  %s", describe_optimizer(optimizer_class, optimizer_kwargs),

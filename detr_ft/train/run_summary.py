@@ -1,11 +1,12 @@
 """The run summary: console and `<output_dir>/run_summary.json`, written at the end of every training run.
 
-Fields: device, trainer, precision, image_size, buckets, image_canvases ([[H, W], ...] with --pad_images) and
-padded_pixel_fraction (padding share of the training images' canvas pixels), steps, epochs,
-train_samples_per_second (the trainer's, first steps and evaluations included), steady_samples_per_second (from
-the median step time after WARMUP_STEPS), stack (the torch, transformers and optimum-habana versions; None for a
-package not installed), graph_compilations (during training, evaluations included) and, with --audit_host_syncs,
-host_syncs_per_step.
+Fields: device (the one the trainer's arguments chose), trainer, precision, image_size, buckets, image_canvases
+([[H, W], ...] with --pad_images) and padded_pixel_fraction (padding share of the training images' canvas pixels),
+steps, epochs, train_samples_per_second (the trainer's, first steps and evaluations included),
+steady_samples_per_second (from the median step time after WARMUP_STEPS), stack (which road the run took,
+`training_stack`: the trainer class, HPU lazy or eager mode, the torch.compile backend, and the torch, transformers
+and optimum-habana versions; None for what does not apply or a package not installed; logged at start-up too),
+graph_compilations (during training, evaluations included) and, with --audit_host_syncs, host_syncs_per_step.
 
 Host syncs are counted over forward, loss, backward and gradient clipping of one step (the second, so one-time
 set-up is not counted): the part of a step that runs as one graph on HPU. Graph compilations are read in-process at
@@ -43,8 +44,9 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from detr_ft.config import DeviceArguments
 from detr_ft.run_files import write_json_atomic
 from detr_ft.train.sync_audit import HostSyncCounter
 from detr_ft.train.training_arguments import global_batch_size
@@ -89,6 +91,18 @@ def stack_versions() -> dict[str, str | None]:
     return versions
 
 
+def training_stack(trainer: Trainer, device: DeviceArguments) -> dict[str, str | None]:
+    """Which road a run takes: the trainer class, HPU lazy or eager mode (None off HPU), the torch.compile backend
+    (None without --torch_compile) and the package versions (`stack_versions`)."""
+    args = trainer.args
+    return {
+        "trainer_class": type(trainer).__name__,
+        "hpu_mode": ("lazy" if device.use_lazy_mode else "eager") if device.use_habana else None,
+        "compile_backend": args.torch_compile_backend if args.torch_compile else None,
+        **stack_versions(),
+    }
+
+
 def precision_name(args: TrainingArguments) -> str:
     return "bf16 autocast" if args.bf16 else "fp32"
 
@@ -125,6 +139,12 @@ class RunSummaryCallback(TrainerCallback):
         self.last_step_end: float | None = None
         self.start_step = 0
         self.audit_host_syncs = audit_host_syncs
+        self.stack: dict[str, str | None] = {}
+
+    def name_stack(self, trainer: Trainer, device: DeviceArguments) -> None:
+        """Record and log which road the run takes (`training_stack`), once the trainer exists."""
+        self.stack = training_stack(trainer, device)
+        logger.info("training stack: %s", json.dumps(self.stack))
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.compilations_before = graph_compilations()
@@ -199,7 +219,7 @@ class RunSummaryCallback(TrainerCallback):
             epochs=state.epoch,
             steady_samples_per_second=self.steady_samples_per_second(args),
             graph_compilations=self.compilations_during_training(),
-            stack=stack_versions(),
+            stack=self.stack or stack_versions(),
         )
         write_json_atomic(self.path, self.summary)
         logger.info("run summary: %s", json.dumps(self.summary))

@@ -1,5 +1,6 @@
 """One trainer owns the step: the label-free forward, the criterion, the finite-loss guard, the canvas sampler and
-evaluation's labels, as methods of one mixin shared by transformers' Trainer and optimum-habana's GaudiTrainer.
+evaluation's labels, as methods of one mixin shared by transformers' Trainer (on HPU with Habana's step:
+train/hpu_trainer.py) and optimum-habana's GaudiTrainer.
 
     outputs = model(pixel_values=..., pixel_mask=...)   # patches/detr_label_free_forward.py: images in, predictions out
     loss, loss_dict = criterion(outputs, labels)        # detr_ft/model/criterion.py: matcher and loss
@@ -74,8 +75,13 @@ class DetectionTrainer(DetectionTrainerMixin, Trainer):
 
 
 def build_trainer(device: DeviceArguments, args: TrainingArguments, **trainer_kwargs) -> Trainer:
-    """The trainer that goes with `args` (TrainingArguments or GaudiTrainingArguments); `trainer_kwargs` are the
-    usual Trainer arguments and the mixin's."""
+    """The trainer that goes with `args` (TrainingArguments, on HPU with `device.use_habana`, or
+    GaudiTrainingArguments); `trainer_kwargs` are the usual Trainer arguments and the mixin's."""
+    if type(args) is TrainingArguments and device.use_habana:
+        from detr_ft.train.hpu_trainer import DetectionHpuTrainer
+
+        return DetectionHpuTrainer(args=args, lazy_mode=device.use_lazy_mode,
+                                   hpu_graphs_for_training=device.use_hpu_graphs_for_training, **trainer_kwargs)
     if type(args) is TrainingArguments:
         return DetectionTrainer(args=args, **trainer_kwargs)
     from optimum.habana import GaudiConfig, GaudiTrainer

@@ -4,8 +4,9 @@ and its device.
 The project sets PROJECT_SETS (a user value other than these is refused: train/flag_checks.py), evaluates mAP and
 saves a checkpoint together every --ckpt_store_interval_epochs epochs (`save_steps` and `eval_steps` from
 `steps_per_epoch`), chooses the data loader workers (data/loader_workers.py), the device (`use_cpu` follows
---device) and the trainer's arguments: TrainingArguments for CPU and CUDA, GaudiTrainingArguments for HPU or
-`--trainer gaudi` (GaudiTrainer off Gaudi too, use_habana=False: that is how CI exercises the Gaudi path).
+--device) and the trainer's arguments: TrainingArguments for transformers' Trainer (CPU, CUDA, and HPU with
+`--trainer hf`), GaudiTrainingArguments for optimum-habana's GaudiTrainer (`devices.trainer_stack`; off Gaudi too
+with `--trainer gaudi`, use_habana=False: that is how CI exercises the GaudiTrainer path).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers import TrainingArguments
 
 from detr_ft.config import RunArguments
 from detr_ft.data.loader_workers import loader_workers
+from detr_ft.train.devices import trainer_stack
 
 # Flags the project sets, the value it sets and why.
 PROJECT_SETS = {
@@ -61,7 +63,7 @@ def training_arguments(device_type: str, args: RunArguments, images_per_canvas: 
         # Pinned host memory speeds up copies to an accelerator; on CPU there is no copy to speed up.
         "dataloader_pin_memory": training.dataloader_pin_memory and device_type != "cpu",
     }
-    if device_type != "hpu" and device.trainer != "gaudi":
+    if trainer_stack(device) == "hf":
         return dataclasses.replace(training, **derived)
     from optimum.habana import GaudiTrainingArguments
 

@@ -1,4 +1,7 @@
-"""Test-only stand-in for `habana_frameworks.torch.hpu`: only what GaudiTrainer touches with `use_habana=False`."""
+"""Test-only stand-in for `habana_frameworks.torch.hpu`: only what GaudiTrainer touches with `use_habana=False`, and
+the HPU graphs' module cache both trainers apply with `use_hpu_graphs_for_training`."""
+
+CACHED_MODULES: list = []  # every module a ModuleCacher of this process cached, in order
 
 
 def memory_stats(device: object = None) -> dict[str, int]:
@@ -14,9 +17,11 @@ def get_device_name() -> str:
 class ModuleCacher:
     """Stand-in for HPU graphs' module cache, which GaudiTrainer applies with `use_hpu_graphs_for_training`: like the
     real one it replaces `model.forward` in place (there: by the replay of a captured graph); this one calls the
-    forward it replaced and records the keyword names of every call in `model.forward.calls`."""
+    forward it replaced, records the keyword names of every call in `model.forward.calls` and the module in
+    `CACHED_MODULES`."""
 
     def __call__(self, model, inplace: bool = True, **kwargs):
+        CACHED_MODULES.append(model)
         forward = model.forward
 
         def cached_forward(*args, **kwargs):

@@ -1,0 +1,1 @@
+"""Test-only stand-in for `habana_frameworks.torch.dynamo.compile_backend`."""
