@@ -14,7 +14,8 @@ term does not change: the loss weights the user chose silently differ with the p
 `reduce` those modules call sum (the division that follows then gives the mean), and leaves one-process runs
 untouched (accelerate's reduce returns the tensor as it is there). It matters only for the stock loss
 (`--num_buckets 0`); ours (detr_ft/model/loss.py) averages the count itself.
-Upstream: no issue found in transformers' or optimum-habana's trackers (searched 2026-11-26); to be reported.
+Upstream: no issue found in transformers' or optimum-habana's trackers (as of transformers 5.24, optimum-habana
+1.21.2); to be reported.
 Checked: the module must still hold the double division (`SOURCE_MARKS`), or the patch refuses (a fixed upstream
 would otherwise get a P-times-too-large count). Delete when upstream reduces with "sum" or drops the division.
 """

@@ -306,7 +306,7 @@ def test_thousands_of_images_are_each_read_and_decoded_once(good_dir, monkeypatc
     assert len(decodes) == 4096
 
 
-# Issue 12: every data case refused with exit 2 naming file, entries and fix, or fixed and counted.
+# Every data case refused with exit 2 naming file, entries and fix, or fixed and counted.
 
 
 def prepared(data_dir: Path, **flags) -> PreparedData:
