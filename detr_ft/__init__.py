@@ -1,7 +1,9 @@
 """detr-ft: fine-tune DETR with static shapes on Gaudi (HPU), CUDA and CPU.
 
-The package follows the pipeline: data/ -> model/ -> train/ -> evaluation/; run_object_detection.py (the entry)
-assembles them. run_files.py names the json files a run folder holds; console.py sets up what a person reads.
+The package follows the pipeline: config.py (every flag) -> data/ -> model/ -> train/ -> evaluation/, each stage
+importing only earlier ones; run_object_detection.py (the entry) assembles them. run_files.py names the json files a
+run folder holds, write_failure.py tells a failed write in one line, launcher.py reads a process's rank, console.py
+sets up what a person reads, demo.py runs the offline demos.
 """
 
 import os

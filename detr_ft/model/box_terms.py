@@ -14,7 +14,8 @@ zero and get exactly zero gradient, whatever they predict.
 import torch
 from torch import Tensor
 
-from detr_ft.model.box_ops import PAD_BOX, center_to_corners, generalized_box_iou
+from detr_ft.data.padding import PAD_BOX
+from detr_ft.model.box_ops import center_to_corners, generalized_box_iou
 
 
 def pairwise_box_costs(pred_boxes: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:

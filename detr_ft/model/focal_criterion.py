@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from transformers import PretrainedConfig
 
 from detr_ft.model.box_terms import matched_box_losses, pairwise_box_costs
-from detr_ft.model.loss import average_num_boxes
+from detr_ft.model.criterion import average_num_boxes
 from detr_ft.model.matcher import host_assignment
 from detr_ft.model.outputs import DetectionOutput
 
