@@ -43,6 +43,9 @@ class DetectionTrainerMixin:
         self.train_sampler = train_sampler
         self.finite_guard = finite_guard
         super().__init__(*args, callbacks=[*([finite_guard] if finite_guard else []), *(callbacks or [])], **kwargs)
+        # compute_loss returns a per-batch mean and ignores num_items_in_batch: the Trainer is to divide it by the
+        # accumulation steps, whatever the model's forward signature lets it guess.
+        self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Tensor | int | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
