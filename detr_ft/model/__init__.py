@@ -1,14 +1,14 @@
-"""Model: the DETR to fine-tune and the static-shape loss that trains it.
+"""Model: the DETR-family model to fine-tune and the static-shape criterion that trains it.
 
+    families.py    the registry: each supported model_type's classes, criterion, init, post-processing and recipe
     presets/, presets.py  small DETR-family configs trained from scratch (demo, tests)
-    build.py       build or load the DETR; what trains and how it is initialised
+    build.py       build or load the model; what trains and how it is initialised
     box_ops.py     box formats and generalized IoU
-    matcher.py     Hungarian matching of queries to padded targets
-    loss.py        where the loss is: DETR's set-prediction loss on padded targets
-    outputs.py     DetectionOutput: the label-free forward's predictions, every decoder layer's stacked
-    box_terms.py   the L1 and GIoU matching costs and losses every DETR family shares
-    focal_criterion.py  Conditional / Deformable DETR's loss on padded targets (sigmoid focal class term)
+    box_terms.py   what every family's criterion shares: L1 / GIoU costs and losses, the box count, the layer sum
+    matcher.py     Hungarian matching of queries to padded targets (DETR's softmax cost; the one host copy)
+    criterion.py   DETR's criterion on padded targets, and transformers' own loss for unpadded ones
+    focal_criterion.py  Conditional / Deformable DETR's criterion on padded targets (sigmoid focal class term)
     scratch_init.py     Conditional / Deformable DETR's own initialisation for training from scratch
-    static_shapes.py  switch a model to that loss and to the sync-free forward patches
-    pure_forward.py   the forward without the loss, and the loss from its outputs (two calls, not one)
+    postprocess.py detections from the final layer's predictions: DETR's softmax, the others' sigmoid top k
+    outputs.py     DetectionOutput: the label-free forward's predictions, every decoder layer's stacked
 """

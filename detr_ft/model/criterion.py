@@ -30,8 +30,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from transformers import DetrConfig, PreTrainedModel
 
-from detr_ft.data.padding import PAD_BOX
-from detr_ft.model.box_ops import center_to_corners, generalized_box_iou
+from detr_ft.model.box_terms import average_num_boxes, matched_box_losses, weighted_sum
 from detr_ft.model.matcher import hungarian_match
 from detr_ft.model.outputs import DetectionOutput
 
@@ -50,30 +49,19 @@ class DetrCriterion:
         targets = {**labels, "boxes": labels["boxes"].float()}
         matched = hungarian_match(logits, boxes, targets, config.class_cost, config.bbox_cost, config.giou_cost)
         losses = layer_losses(logits, boxes, targets, matched, config.eos_coefficient)  # name -> (L,)
-        final = logits.shape[0] - 1
-        loss_dict = {}
-        for layer in [final, *range(final)]:
-            suffix = "" if layer == final else f"_{layer}"
-            loss_dict.update({name + suffix: values[layer] for name, values in losses.items()})
         weights = {"loss_ce": 1, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
-        weight_dict = {**weights, **{k + f"_{i}": v for i in range(final) for k, v in weights.items()}}
-        loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-        return loss, loss_dict
+        return weighted_sum(losses, weights)
 
 
 def layer_losses(
     logits: Tensor, pred_boxes: Tensor, labels: dict[str, Tensor], matched: Tensor, eos_coefficient: float
 ) -> dict[str, Tensor]:
     """loss_ce, loss_bbox, loss_giou, cardinality_error of each layer, (L,) each, from `hungarian_match`'s `matched`."""
-    layers, batch_size, _, num_classes_with_empty = logits.shape
+    layers, _, _, num_classes_with_empty = logits.shape
     no_object = num_classes_with_empty - 1
-    padding_box = logits.new_tensor(PAD_BOX)  # (4,)
-    is_matched = matched >= 0  # (L, B, Q)
-    # Unmatched queries point at one appended padding target (no-object, PAD_BOX): T = 0 works, all stays finite.
-    target_index = torch.where(is_matched, matched, labels["class_labels"].shape[1])  # (L, B, Q)
+    # Unmatched queries point at one appended no-object target: T = 0 works, all stays finite.
+    target_index = torch.where(matched >= 0, matched, labels["class_labels"].shape[1])  # (L, B, Q)
     class_labels = F.pad(labels["class_labels"], (0, 1), value=no_object)  # (B, T+1)
-    boxes = torch.cat([labels["boxes"], padding_box.expand(batch_size, 1, 4)], dim=1)  # (B, T+1, 4)
-
     target_classes = class_labels.expand(layers, -1, -1).gather(-1, target_index)  # (L, B, Q)
     class_weight = torch.ones(num_classes_with_empty, device=logits.device)  # (C+1,)
     class_weight[no_object] = eos_coefficient
@@ -81,25 +69,11 @@ def layer_losses(
     loss_ce = weighted_nll.sum((1, 2)) / class_weight[target_classes].sum((1, 2))  # (L,)
 
     num_boxes = average_num_boxes(labels["valid"])  # ()
-    box_index = target_index[..., None].expand(-1, -1, -1, 4)  # (L, B, Q, 4)
-    target_boxes = boxes.expand(layers, -1, -1, -1).gather(2, box_index)  # (L, B, Q, 4)
-    source_boxes = torch.where(is_matched[..., None], pred_boxes, padding_box)  # (L, B, Q, 4)
-    loss_bbox = (source_boxes - target_boxes).abs().sum((1, 2, 3)) / num_boxes  # (L,)
-    giou = generalized_box_iou(center_to_corners(source_boxes), center_to_corners(target_boxes))  # (L, B, Q)
-    loss_giou = (1 - giou).sum((1, 2)) / num_boxes  # (L,)
+    loss_bbox, loss_giou = matched_box_losses(pred_boxes, labels["boxes"], matched, num_boxes)  # (L,) each
 
     predicted_objects = (logits.argmax(-1) != no_object).sum(-1)  # (L, B)
     cardinality_error = (predicted_objects - labels["valid"].sum(-1)).abs().float().mean(-1)  # (L,)
     return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "cardinality_error": cardinality_error}
-
-
-def average_num_boxes(valid: Tensor) -> Tensor:
-    """Valid targets in the batch, summed over processes and divided by their number, at least 1: () float."""
-    num_boxes = valid.sum().float()  # ()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num_boxes)
-        num_boxes = num_boxes / dist.get_world_size()
-    return num_boxes.clamp(min=1)
 
 
 class TransformersCriterion:
