@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_outputs(output_dir: Path, split: CocoSplit, classes: ClassMapping, rows: np.ndarray, threshold: float,
                   skipped: list[str]) -> None:
     """predictions.json, images.json, categories.json, annotated/ and (with annotations) metrics.json from the
-    rows (N, Q, 7) of `predict_rows`; each file whole or not at all (a full disk leaves no half file to trust)."""
+    rows (N, K, 7) of `predict_rows`; each file whole or not at all (a full disk leaves no half file to trust)."""
     images = split.coco["images"]
     detections = detections_from_predictions(rows[..., :6], [image["id"] for image in images],
                                              [(image["height"], image["width"]) for image in images],

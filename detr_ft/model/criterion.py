@@ -1,7 +1,7 @@
 """DETR's criterion: matcher and set-prediction loss, applied to the label-free forward's outputs.
 
     outputs = model(pixel_values, pixel_mask)      # every decoder layer's predictions (L, B, Q, .)
-    loss, loss_dict = criterion(outputs, labels)
+    loss, loss_dict = criterion(outputs, labels)   # any `Criterion`; model/families.py picks a model's
 
 `DetrCriterion` takes padded targets ("class_labels" (B, T), "boxes" (B, T, 4), "valid" (B, T)) and has no host sync
 but the matcher's one copy. Per decoder layer, with queries matched to valid targets by `hungarian_match`, c_q the
@@ -18,11 +18,14 @@ ForObjectDetectionLoss, which this equals on the unpadded targets (tests/test_lo
 compare a padding box with itself (L1 0, GIoU 1), so they add exactly zero and get exactly zero gradient, whatever
 their predictions are.
 
-`TransformersCriterion` is transformers' own loss through the same interface, for targets left unpadded
-(`--num_buckets 0`): a list of per-image dicts.
+`TransformersCriterion` is transformers' own loss for any family's model through the same interface, for targets
+left unpadded (`--num_buckets 0`): a list of per-image dicts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,6 +38,8 @@ from detr_ft.model.matcher import hungarian_match
 from detr_ft.model.outputs import DetectionOutput
 
 LossAndTerms = tuple[Tensor, dict[str, Tensor]]
+# (outputs, labels) -> (loss (), loss_dict): labels padded (a dict of (B, T, ...) tensors) or per image (a list).
+Criterion = Callable[[DetectionOutput, Any], LossAndTerms]
 
 
 class DetrCriterion:
@@ -90,7 +95,7 @@ class TransformersCriterion:
         self.config = model.config
 
     def __call__(self, outputs: DetectionOutput, labels: list[dict[str, Tensor]]) -> LossAndTerms:
-        logits, boxes = outputs.layer_logits, outputs.layer_boxes  # (L, B, Q, C+1), (L, B, Q, 4)
+        logits, boxes = outputs.layer_logits, outputs.layer_boxes  # (L, B, Q, C'), (L, B, Q, 4)
         if not all_finite(logits, boxes):
             return (logits.sum() + boxes.sum()) * 0 + float("nan"), {}  # () NaN, a zero gradient for every weight
         auxiliary = self.config.auxiliary_loss
@@ -107,8 +112,3 @@ def all_finite(*tensors: Tensor) -> bool:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite)
-
-
-def build_criterion(model: PreTrainedModel, padded_targets: bool) -> DetrCriterion | TransformersCriterion:
-    """Ours for padded targets (`--pad_objects --num_buckets N`), transformers' own for unpadded ones."""
-    return DetrCriterion(model.config) if padded_targets else TransformersCriterion(model)
