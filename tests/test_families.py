@@ -217,3 +217,25 @@ def test_gaudi_trainer_refuses_these_families_stock_loss_and_detrs_position_embe
         check_model_family(run_arguments(*preset, "--pad_objects", "--cpu_position_embedding"))
     check_model_family(run_arguments(*preset, "--trainer", "gaudi", "--pad_objects"))  # our criterion: fine
     check_model_family(run_arguments("--model_name_or_path", "detr-tiny", "--trainer", "gaudi"))
+
+
+@pytest.mark.parametrize("auxiliary_loss", [True, False])
+@pytest.mark.parametrize("model_type", PRESETS)
+def test_unpadded_targets_get_exactly_the_stock_forwards_loss(model_type, auxiliary_loss):
+    """`--num_buckets 0`: transformers' own loss, called on the label-free outputs, is the loss the stock forward
+    computes with labels (the same weights, the same batch)."""
+    torch.manual_seed(0)
+    model = build_model(PRESETS[model_type], ID2LABEL)
+    model.config.auxiliary_loss = auxiliary_loss
+    batch = {"pixel_values": torch.rand(2, 3, 32, 32), "pixel_mask": torch.ones(2, 32, 32, dtype=torch.long)}
+    labels = [
+        {"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]])},
+        {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])},
+    ]
+    stock = type(model).forward(model, **batch, labels=labels)
+    apply_patches(model, static_shapes=False)
+
+    loss, loss_dict = build_criterion(model, padded_targets=False)(model(**batch), labels)
+
+    assert torch.equal(loss, stock.loss) and loss_dict.keys() == stock.loss_dict.keys()
+    assert any(key.endswith("_0") for key in loss_dict) == auxiliary_loss
