@@ -9,8 +9,8 @@ OUTDIR ?= outputs/cppe5
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv venv-gaudi data cppe5 demo demo-canvases train train-hpu train-hpu-hf eval-all-checkpoints infer test test-main \
-	test-gaudi test-fast bench bench-canvas lint clean
+.PHONY: venv venv-gaudi data cppe5 demo demo-canvases demo-families train train-hpu train-hpu-hf eval-all-checkpoints \
+	infer test test-main test-gaudi test-fast bench bench-canvas lint clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ demo: $(VENV)/.installed
 
 demo-canvases: $(VENV)/.installed
 	$(PY) -m detr_ft.demo canvases
+
+# DETR, Conditional DETR and Deformable DETR tiny presets, the same recipe and steps, on synthetic shapes and on the
+# CPPE-5 test split in ../shared (docs/families.md): mAP at each evaluation and seconds per step.
+demo-families: $(VENV)/.installed
+	$(PY) -m detr_ft.demo families
 
 # Stock path against ours on a DETR-R50-shaped random model (CPU): host syncs (on both stacks: the Gaudi one in
 # $(GAUDI_VENV)), compilations, compile warm-up, eager steps/s, matcher and mAP-evaluation time. Prints a table,

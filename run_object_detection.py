@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Fine-tune DETR on CPPE-5 or any COCO-format folder, with static shapes on HPU, CUDA or CPU.
+"""Fine-tune a DETR-family model (DETR, Conditional DETR, Deformable DETR) on CPPE-5 or any COCO-format folder, with
+static shapes on HPU, CUDA or CPU.
 
     python run_object_detection.py recipes/demo-tiny.json --output_dir outputs/demo
     python run_object_detection.py --dataset_dir data/synthetic --model_name_or_path detr-tiny \\
@@ -16,7 +17,13 @@ import sys
 from detr_ft.config import FlagError, RunArguments, device_arguments, parse_arguments
 from detr_ft.console import setup_logging
 from detr_ft.train.devices import DeviceSettingsError, check_device_settings
-from detr_ft.train.flag_checks import check_flags, hpu_compile_default, static_shape_defaults
+from detr_ft.train.flag_checks import (
+    check_flags,
+    check_model_family,
+    family_defaults,
+    hpu_compile_default,
+    static_shape_defaults,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,10 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_arguments(argv)
         hpu_compile_default(args)
         check_flags(args)
+        family = check_model_family(args)
     except (FlagError, DeviceSettingsError) as error:
         logging.error("%s", error)
         return 2
     static_shape_defaults(args)
+    family_defaults(args, family)
     # Imported after the device check: HPU lazy/eager mode is fixed when habana_frameworks is first imported.
     from detr_ft.model.build import trained_from_scratch
     from detr_ft.model.presets import default_image_size
@@ -63,12 +72,12 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
     from detr_ft.data.prepare import prepare_data, warn_queries_overflow
     from detr_ft.data.size_repair import write_size_repairs
     from detr_ft.data.sources import DatasetError
-    from detr_ft.evaluation.loop import CocoMetrics, evaluate_split, preprocess_logits_for_metrics
+    from detr_ft.evaluation.loop import CocoMetrics, DetectionRows, evaluate_split
     from detr_ft.evaluation.model_card import write_model_card
     from detr_ft.evaluation.report import format_map_table
     from detr_ft.launcher import launched_rank
     from detr_ft.model.build import build_model
-    from detr_ft.model.criterion import build_criterion
+    from detr_ft.model.families import UnsupportedModelError, build_criterion, family_of
     from detr_ft.run_files import save_run_arguments
     from detr_ft.train.checkpoints import (
         CheckpointCompleteCallback,
@@ -96,7 +105,8 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
         check_batch_fits(data.images_per_canvas(), training)
         model = build_model(model_args.model_name_or_path, data.classes.id2label, model_args.model_revision,
                             model_args.freeze_backbone)
-    except (DatasetError, FlagError, OSError) as error:  # OSError: a model the hub or the disk cannot give
+    # OSError: a model the hub or the disk cannot give; UnsupportedModelError: its hub copy changed since the check
+    except (DatasetError, FlagError, OSError, UnsupportedModelError) as error:
         logging.error("%s", error)
         return 2
     if launched_rank() == 0:  # one writer per launch, as for the run folder's lock
@@ -127,9 +137,9 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
         eval_dataset=PaddedToMultiple(data.eval, training.per_device_eval_batch_size * training.world_size),
         data_collator=data.collator(),
         # The canvases ride along in the saved processor, so evaluation and inference pad as training did.
-        processing_class=preprocessing.image_processor(),
+        processing_class=preprocessing.image_processor(family_of(model.config).image_processor),
         compute_metrics=CocoMetrics(data.eval_split, data.eval_classes),
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        preprocess_logits_for_metrics=DetectionRows(model),
         optimizers=(run_optimizer(model, model_args, training, from_scratch, on_hpu=device_type == "hpu"), None),
         callbacks=[MapHistoryCallback(training.output_dir), CheckpointCompleteCallback(),
                    BroadcastBuffersBeforeEvaluation(), run_summary],

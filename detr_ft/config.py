@@ -60,11 +60,12 @@ class DataArguments:
 @dataclass
 class ModelArguments:
     model_name_or_path: str = flag("facebook/detr-resnet-50", "Hub id, local HF directory, or a preset in "
-                                   "detr_ft/model/presets (e.g. detr-tiny).", defines_run=True)
+                                   "detr_ft/model/presets (e.g. detr-tiny), of the DETR family: DETR, Conditional "
+                                   "DETR, Deformable DETR (single-stage).", defines_run=True)
     model_revision: str | None = flag(None, "Hub revision; facebook/detr-resnet-* default to no_timm (no timm "
                                             "needed).", defines_run=True)
-    backbone_lr: float | None = flag(None, "Backbone learning rate: 1e-5 for pretrained models, learning_rate for "
-                                           "presets.", defines_run=True)
+    backbone_lr: float | None = flag(None, "Backbone learning rate: the family's for pretrained models (1e-5; "
+                                           "Deformable DETR 2e-5), learning_rate for presets.", defines_run=True)
     freeze_backbone: bool = flag(False, "Train no backbone parameter.", defines_run=True)
 
 
@@ -120,6 +121,8 @@ class DeviceArguments:
 
 TRAINING_DEFAULTS = {
     "output_dir": "outputs/detr-ft",
+    # DETR's and Conditional DETR's; unless the user sets one, a family whose paper uses another gets that instead
+    # (train/flag_checks.py `family_defaults`: Deformable DETR 2e-4).
     "learning_rate": 1e-4,
     "weight_decay": 1e-4,
     "max_grad_norm": 0.1,

@@ -7,19 +7,28 @@ silently matches nothing is the failure this guards against), and log what they 
 
 | patch | stack | applied when |
 | --- | --- | --- |
-| detr_label_free_forward | both | `label_free_forward`: always in training (the trainer calls it without labels) |
+| detr_label_free_forward | both | DETR, `label_free_forward`: always in training (the trainer gives no labels) |
+| conditional_detr_label_free_forward | both | the same for Conditional DETR |
+| deformable_detr_label_free_forward | both | the same for Deformable DETR |
 | detr_backbone_stages | both | `train_backbone_stages` (pretrained model, backbone not frozen), HF ResNet backbone |
 | detr_loss_num_boxes | both | always (the stock loss, `--num_buckets 0`, under data parallel; a no-op in one process) |
-| detr_encoder_sync | transformers 5.x | `static_shapes` |
-| detr_mask_sync | transformers 5.x | `static_shapes` |
-| detr_encoder_sync_v4 | transformers 4.x | `static_shapes` |
-| detr_position_embedding | transformers 4.x | `static_shapes` and not `cpu_position_embedding` |
+| detr_encoder_sync | transformers 5.x | `static_shapes`: DETR, Conditional DETR |
+| detr_mask_sync | transformers 5.x | `static_shapes`: DETR, Conditional DETR |
+| deformable_detr_encoder_sync | transformers 5.x | `static_shapes`: Deformable DETR |
+| detr_encoder_sync_v4 | transformers 4.x | `static_shapes`: DETR, Conditional DETR |
+| deformable_detr_encoder_sync_v4 | transformers 4.x | `static_shapes`: Deformable DETR |
+| detr_position_embedding | transformers 4.x | `static_shapes` and not `cpu_position_embedding`: DETR |
 | habana_detr_loss | optimum-habana installed | always (the stock loss needs it under use_habana) |
 | trainer_resume_weights | transformers 5.x | `apply_trainer_patches` |
+
+The model's family (detr_ft/model/families.py, by its config's model_type) names its label-free forward;
+STATIC_SHAPE_PATCHES names its sync patches on each stack.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -76,6 +85,18 @@ def swap_forward(model: nn.Module, module_type: type[nn.Module], forward: Callab
     return len(modules)
 
 
+# The host-sync patches each family needs with static shapes, per transformers major version: (patch, how many
+# modules it must reach: a number, or the config field that holds it).
+STATIC_SHAPE_PATCHES: dict[tuple[str, int], tuple[tuple[str, int | str], ...]] = {
+    ("detr", 5): (("detr_encoder_sync", "encoder_layers"), ("detr_mask_sync", 2)),
+    ("conditional_detr", 5): (("detr_encoder_sync", "encoder_layers"), ("detr_mask_sync", 2)),
+    ("deformable_detr", 5): (("deformable_detr_encoder_sync", "encoder_layers"),),
+    ("detr", 4): (("detr_encoder_sync_v4", "encoder_layers"), ("detr_position_embedding", 1)),
+    ("conditional_detr", 4): (("detr_encoder_sync_v4", "encoder_layers"),),
+    ("deformable_detr", 4): (("deformable_detr_encoder_sync_v4", "encoder_layers"),),
+}
+
+
 def apply_patches(
     model: nn.Module,
     *,
@@ -84,7 +105,7 @@ def apply_patches(
     cpu_position_embedding: bool = False,
     label_free_forward: bool = True,
 ) -> list[str]:
-    """Apply the model patches this stack and run need (see the module table); returns their names.
+    """Apply the model patches this stack, run and model family need (see the module table); returns their names.
 
     Call after the model is on its device (on Gaudi, the device set-up runs `adapt_transformers_to_gaudi()`, whose
     class-level replacements the per-instance patches must come after) and before the optimizer is built (the
@@ -93,31 +114,26 @@ def apply_patches(
     from transformers import ResNetBackbone
 
     from detr_ft.model.build import backbone_network
-    from patches import detr_backbone_stages, detr_label_free_forward
+    from detr_ft.model.families import family_of
+    from patches import detr_backbone_stages
 
-    transformers_5 = installed_version("transformers").major >= 5
     config = model.config
     applied = []
     if label_free_forward:
-        applied.append(apply_patch("detr_label_free_forward", detr_label_free_forward,
-                                   lambda: detr_label_free_forward.patch_model(model), 1))
+        name = family_of(config).label_free_forward
+        module = importlib.import_module(f"patches.{name}")
+        applied.append(apply_patch(name, module, functools.partial(module.patch_model, model), 1))
     if train_backbone_stages and isinstance(backbone_network(model), ResNetBackbone):
         applied.append(apply_patch("detr_backbone_stages", detr_backbone_stages,
                                    lambda: detr_backbone_stages.patch_model(model), 1))
-    if static_shapes and transformers_5:
-        from patches import detr_encoder_sync, detr_mask_sync  # they import names transformers 4.55 lacks
-
-        applied.append(apply_patch("detr_encoder_sync", detr_encoder_sync,
-                                   lambda: detr_encoder_sync.patch_model(model), config.encoder_layers))
-        applied.append(apply_patch("detr_mask_sync", detr_mask_sync, lambda: detr_mask_sync.patch_model(model), 2))
-    elif static_shapes:
-        from patches import detr_encoder_sync_v4, detr_position_embedding
-
-        applied.append(apply_patch("detr_encoder_sync_v4", detr_encoder_sync_v4,
-                                   lambda: detr_encoder_sync_v4.patch_model(model), config.encoder_layers))
-        if not cpu_position_embedding:
-            applied.append(apply_patch("detr_position_embedding", detr_position_embedding,
-                                       lambda: detr_position_embedding.patch_model(model), 1))
+    if static_shapes:
+        # imported only here: each imports names that the other transformers major version lacks
+        for name, count in STATIC_SHAPE_PATCHES[config.model_type, installed_version("transformers").major]:
+            if name == "detr_position_embedding" and cpu_position_embedding:
+                continue
+            module = importlib.import_module(f"patches.{name}")
+            expected = getattr(config, count) if isinstance(count, str) else count
+            applied.append(apply_patch(name, module, functools.partial(module.patch_model, model), expected))
     from patches import detr_loss_num_boxes
 
     applied.append(apply_patch("detr_loss_num_boxes", detr_loss_num_boxes, detr_loss_num_boxes.patch_loss_modules,

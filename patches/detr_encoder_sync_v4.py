@@ -5,12 +5,14 @@ Why: as patches/detr_encoder_sync.py for 5.x. In training, transformers 4.55's `
 reads per encoder layer and step, each cutting the HPU lazy-mode graph. The patched forward picks the clamped or the
 unclamped tensor on the device, `torch.where(all finite, h, clamp(h))` ("not (any inf or any nan)" is "all finite"),
 so values and gradients are those of the original, bit for bit (tests/gaudi/test_sync_patches_v4.py).
+Conditional DETR's 4.55 encoder layer has the very same forward (`ConditionalDetrEncoderLayer`): patched alike.
 Upstream: not reported as of transformers 4.55.4 (the check comes from BART's encoder layer). Delete with the Gaudi
 stack's move to transformers 5.x; the rest of the forward is 4.55.4's, keep it in step.
 """
 
 import torch
 from torch import nn
+from transformers.models.conditional_detr.modeling_conditional_detr import ConditionalDetrEncoderLayer
 from transformers.models.detr.modeling_detr import DetrEncoderLayer
 
 from patches import swap_forward
@@ -19,8 +21,10 @@ TESTED = {"transformers": ("==4.55.*",)}
 
 
 def patch_model(model: nn.Module) -> int:
-    """Swap the forward of every DetrEncoderLayer in `model` (idempotent); returns how many layers it patched."""
-    return swap_forward(model, DetrEncoderLayer, forward_without_sync)
+    """Swap the forward of every DetrEncoderLayer and ConditionalDetrEncoderLayer in `model` (idempotent); returns
+    how many layers it patched."""
+    return sum(swap_forward(model, layer_type, forward_without_sync)
+               for layer_type in (DetrEncoderLayer, ConditionalDetrEncoderLayer))
 
 
 def forward_without_sync(

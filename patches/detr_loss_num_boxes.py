@@ -13,7 +13,7 @@ processes the L1 and GIoU terms (main and auxiliary) weigh P times what they wei
 term does not change: the loss weights the user chose silently differ with the process count. This patch makes the
 `reduce` those modules call sum (the division that follows then gives the mean), and leaves one-process runs
 untouched (accelerate's reduce returns the tensor as it is there). It matters only for the stock loss
-(`--num_buckets 0`); ours (detr_ft/model/criterion.py) averages the count itself.
+(`--num_buckets 0`); ours (detr_ft/model/box_terms.py `average_num_boxes`) averages the count itself.
 Upstream: no issue found in transformers' or optimum-habana's trackers (as of transformers 5.24, optimum-habana
 1.21.2); to be reported.
 Checked: the module must still hold the double division (`SOURCE_MARKS`), or the patch refuses (a fixed upstream

@@ -4,8 +4,10 @@ Why: transformers 5.x `save_pretrained` writes checkpoints under the original ke
 DETR's `backbone.conv_encoder.model.*`, `self_attn.out_proj`, `fc1`, ...), but `Trainer._load_from_checkpoint` reads
 them back with `model.load_state_dict(state_dict, strict=False)`, without the renaming `from_pretrained` applies: the
 renamed weights (DETR's whole backbone and its attention output and MLP projections) silently keep their values from
-before the resume. The patched loader renames the keys as `from_pretrained` does and loads strictly. transformers
-4.x saves under the names it loads: `apply_patches` leaves it out there.
+before the resume. The patched loader renames the keys as `from_pretrained` does and loads strictly: every weight of
+the model must be in the checkpoint but tied ones, which `save_pretrained` writes once (Deformable DETR's class and
+box heads shared by all decoder layers), and which share their tensor with a weight the checkpoint holds.
+transformers 4.x saves under the names it loads: `apply_patches` leaves it out there.
 Upstream: huggingface/transformers#43701 and #48805 (fix proposed in PR #48822, not in 5.24). Delete when the pinned
 transformers renames on resume; tests/test_resume.py fails without this patch.
 """
@@ -39,4 +41,11 @@ def load_renamed_checkpoint(trainer: Trainer, resume_from_checkpoint: str, model
         Trainer._load_from_checkpoint(trainer, resume_from_checkpoint, model)
         return
     saved = load_file(weights, device="cpu")
-    model.load_state_dict({rename_source_key(key, renamings, converters)[0]: value for key, value in saved.items()})
+    renamed = {rename_source_key(key, renamings, converters)[0]: value for key, value in saved.items()}
+    state = model.state_dict()
+    loaded = {state[key].data_ptr() for key in renamed if key in state}
+    untied = [key for key in state.keys() - renamed.keys() if state[key].data_ptr() not in loaded]
+    if untied or renamed.keys() - state.keys():
+        raise RuntimeError(f"{weights} does not match the model: lacking {sorted(untied)[:5]}, unknown "
+                           f"{sorted(renamed.keys() - state.keys())[:5]}")
+    model.load_state_dict(renamed, strict=False)

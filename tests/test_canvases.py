@@ -239,10 +239,10 @@ def test_augmented_crops_are_shrunk_into_their_canvas_and_groups_collate_to_it(a
 
 def test_canvases_are_saved_with_the_processor_and_read_back(tmp_path):
     preprocessing = Preprocessing(64, True, ((64, 32), (32, 64)))
-    preprocessing.image_processor().save_pretrained(tmp_path)
+    preprocessing.image_processor("DetrImageProcessor").save_pretrained(tmp_path)
     assert Preprocessing.from_saved(tmp_path) == preprocessing
     assert preprocessing.canvases == [(64, 32), (32, 64)]
-    Preprocessing(64, True).image_processor().save_pretrained(tmp_path / "square")
+    Preprocessing(64, True).image_processor("DetrImageProcessor").save_pretrained(tmp_path / "square")
     assert Preprocessing.from_saved(tmp_path / "square").canvases == [(64, 64)]
 
 

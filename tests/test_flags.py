@@ -19,6 +19,7 @@ from entry_runs import REPO, entry_argv, run_in_process
 from transformers import TrainingArguments
 
 from detr_ft.config import FlagError, parse_arguments, user_set_flags
+from detr_ft.model.presets import preset_names
 from detr_ft.run_files import RUN_ARGUMENTS_FILE, save_run_arguments
 from detr_ft.train.flag_checks import check_flags, hpu_compile_default, static_shape_defaults
 from detr_ft.train.optimizer import optimizer_class_and_kwargs
@@ -290,7 +291,7 @@ def test_unknown_hub_model_offline_fails_at_once_with_what_to_do(data_dir, tmp_p
     assert run_in_process(argv) == 2
 
     assert "nobody/no-such-detr: HF_HUB_OFFLINE is set and the hub cache has no copy" in caplog.text
-    assert "a local model folder" in caplog.text and "a preset (detr-tiny)" in caplog.text
+    assert "a local model folder" in caplog.text and f"a preset ({', '.join(preset_names())})" in caplog.text
     assert not (tmp_path / "run").exists()
 
 

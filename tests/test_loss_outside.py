@@ -16,7 +16,7 @@ from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.data.sources import load_coco_folder
 from detr_ft.model.build import build_model
-from detr_ft.model.criterion import build_criterion
+from detr_ft.model.families import build_criterion
 from detr_ft.train.trainer import build_trainer
 from patches import detr_label_free_forward
 

@@ -10,16 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from transformers.image_transforms import center_to_corners_format
-from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
-from transformers.models.detr.modeling_detr import DetrObjectDetectionOutput
 
 from detr_ft.data.labels import ClassMapping
 from detr_ft.data.sources import CocoSplit, load_coco_folder
-from detr_ft.evaluation.coco_map import SUMMARY_NAMES, coco_map, detections_from_predictions, postprocess_logits
+from detr_ft.evaluation.coco_map import SUMMARY_NAMES, coco_map, detections_from_predictions
 from detr_ft.evaluation.loop import CocoMetrics
 
 
@@ -251,22 +247,6 @@ def test_category_names_override_and_unknown_images_rejected(cppe5_gt: dict) -> 
     with pytest.raises(ValueError, match="not in the ground truth"):
         coco_map(cppe5_gt, [{**detections[0], "image_id": -7}])
     assert gc.isenabled()  # coco_map pauses the garbage collector and must restore it, even when it raises
-
-
-def test_postprocess_logits_matches_transformers_detr_post_processing() -> None:
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 10, 6, generator=generator) * 3  # (B, Q, C + 1)
-    pred_boxes = torch.rand(3, 10, 4, generator=generator) * 0.5 + 0.25  # (B, Q, 4)
-    outputs = DetrObjectDetectionOutput(logits=logits, pred_boxes=pred_boxes)
-    reference = DetrImageProcessorPil().post_process_object_detection(outputs, threshold=0, target_sizes=None)
-
-    ours = postprocess_logits(logits, pred_boxes)  # (B, Q, 6)
-    assert ours.shape == (3, 10, 6)
-    for image_result, expected in zip(ours, reference, strict=True):
-        assert len(expected["scores"]) == 10  # threshold 0 keeps every query
-        torch.testing.assert_close(image_result[:, 0], expected["scores"])
-        torch.testing.assert_close(image_result[:, 1].long(), expected["labels"])
-        torch.testing.assert_close(center_to_corners_format(image_result[:, 2:]), expected["boxes"])
 
 
 COCO_MAP_METRIC = Path(__file__).resolve().parent.parent / "detr_ft" / "evaluation" / "coco_map_metric"

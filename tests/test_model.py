@@ -4,9 +4,8 @@ backbone learning rate groups, the "what trains" report."""
 import pytest
 import torch
 from torch import nn
-from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+from transformers import DetrConfig, DetrForObjectDetection, PretrainedConfig, ResNetConfig
 
-from detr_ft.model import build
 from detr_ft.model.build import build_model, trained_from_scratch
 from detr_ft.run_files import save_run_arguments
 from detr_ft.train.optimizer import build_optimizer, describe_training, optimizer_param_groups
@@ -42,18 +41,23 @@ def test_pretrained_model_gets_a_head_for_the_labels(tmp_path):
     ("someone/detr-finetuned", None, None),  # a hub id without a table entry: the hub's default
 ])
 def test_hub_models_load_at_their_revision(monkeypatch, name, revision, loaded_revision):
-    """README: facebook/detr-resnet-50 is loaded at revision no_timm. The hub is unreachable here: the load is
-    recorded and fails as an unreachable hub does."""
+    """README: facebook/detr-resnet-50 is loaded at revision no_timm, its config (for its family) and its weights.
+    The hub is unreachable here: the config read answers "detr", the weights' load fails as an unreachable hub does."""
     calls = []
 
+    def config_from_hub(name_or_path, **kwargs):
+        calls.append(("config", name_or_path, kwargs["revision"]))
+        return {"model_type": "detr"}, {}
+
     def unreachable_hub(name_or_path, **kwargs):
-        calls.append((name_or_path, kwargs))
+        calls.append(("weights", name_or_path, kwargs["revision"]))
         raise OSError("hub unreachable")
 
-    monkeypatch.setattr(build.DetrForObjectDetection, "from_pretrained", unreachable_hub)
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", config_from_hub)
+    monkeypatch.setattr(DetrForObjectDetection, "from_pretrained", unreachable_hub)
     with pytest.raises(OSError, match="hub unreachable"):
         build_model(name, ID2LABEL, revision=revision)
-    assert len(calls) == 1 and calls[0][0] == name and calls[0][1]["revision"] == loaded_revision
+    assert calls == [("config", name, loaded_revision), ("weights", name, loaded_revision)]
 
 
 def test_a_local_folder_gets_no_hub_revision(tmp_path, monkeypatch):
@@ -65,7 +69,7 @@ def test_a_local_folder_gets_no_hub_revision(tmp_path, monkeypatch):
         revisions.append(kwargs["revision"])
         return load(name_or_path, **kwargs)
 
-    monkeypatch.setattr(build.DetrForObjectDetection, "from_pretrained", recording_load)
+    monkeypatch.setattr(DetrForObjectDetection, "from_pretrained", recording_load)
     assert build_model(folder, ID2LABEL).config.id2label == ID2LABEL
     assert revisions == [None]
 
@@ -95,8 +99,8 @@ def test_preset_uses_detr_init_and_trainable_batchnorm():
 
 def test_backbone_learning_rate_group():
     model = build_model("detr-tiny", ID2LABEL)
-    rest, backbone = optimizer_param_groups(model, 1e-4, 1e-5, 1e-4)
-    assert backbone["lr"] == 1e-5 and rest["lr"] == 1e-4
+    rest, backbone, slow = optimizer_param_groups(model, 1e-4, 1e-5, 1e-4)
+    assert backbone["lr"] == 1e-5 and rest["lr"] == 1e-4 and not slow["params"]  # DETR's recipe has no slow part
     names = {id(p): n for n, p in model.named_parameters()}
     assert all("backbone" in names[id(p)] for p in backbone["params"])
     assert len(backbone["params"]) + len(rest["params"]) == sum(1 for p in model.parameters() if p.requires_grad)

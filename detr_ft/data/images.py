@@ -4,9 +4,10 @@
     smaller where that would overflow its canvas (`fitted_size`) -> / 255, ImageNet mean / std
     (`Preprocessing.pixels`) -> padded to its canvas by the collator
 
-`Preprocessing` is saved with every checkpoint as the `DetrImageProcessor` that does the same (so
-`pipeline("object-detection", model=checkpoint)` preprocesses as training did) and read back from it by
-`eval_checkpoints` and inference (`Preprocessing.from_saved`).
+`Preprocessing` is saved with every checkpoint as the image processor of the model's family that does the same
+(`DetrImageProcessor`, `ConditionalDetrImageProcessor`, `DeformableDetrImageProcessor`: their preprocessing is one,
+their post-processing the family's), so `pipeline("object-detection", model=checkpoint)` preprocesses as training
+did and scores as the family does; `eval_checkpoints` and inference read it back (`Preprocessing.from_saved`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from PIL import ExifTags, Image, ImageOps
-
-try:  # transformers 5: the PIL-based processor under its own name (the default one needs torchvision, and warns)
-    from transformers import DetrImageProcessorPil as DetrImageProcessor
-except ImportError:  # transformers 4.55 (the Gaudi stack): the default processor is the PIL-based one
-    from transformers import DetrImageProcessor
+from transformers.image_processing_utils import BaseImageProcessor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,13 +52,14 @@ class Preprocessing:
         pixels = (pixels - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)  # (h, w, 3)
         return torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # (3, h, w)
 
-    def image_processor(self) -> DetrImageProcessor:
-        """The transformers processor that preprocesses like `pixels` and the collator's padding.
+    def image_processor(self, processor_name: str) -> BaseImageProcessor:
+        """The transformers processor `processor_name` (a DETR-family one, e.g. "DetrImageProcessor") set to
+        preprocess like `pixels` and the collator's padding.
 
         It pads to one size: with canvases, to the square that holds them all (the model masks padding, so
         `pipeline` still works); `image_canvases` rides along in preprocessor_config.json for our own tools."""
         canvases = {"image_canvases": [list(canvas) for canvas in self.image_canvases]} if self.image_canvases else {}
-        return DetrImageProcessor(
+        return processor_class(processor_name)(
             size={"shortest_edge": self.image_size, "longest_edge": self.image_size},
             resample=Image.BILINEAR,
             image_mean=list(IMAGENET_MEAN),
@@ -73,9 +72,15 @@ class Preprocessing:
     @classmethod
     def from_saved(cls, model_path: str | Path) -> Preprocessing:
         """The preprocessing a model was trained with, from its saved processor (see `image_processor`)."""
-        processor = DetrImageProcessor.from_pretrained(model_path)
+        processor = processor_class("DetrImageProcessor").from_pretrained(model_path)  # any family's: same fields
         canvases = tuple(tuple(canvas) for canvas in getattr(processor, "image_canvases", None) or ())
         return cls(processor.size["longest_edge"], processor.pad_size is not None, canvases)
+
+
+def processor_class(name: str) -> type[BaseImageProcessor]:
+    """transformers' image processor `name`: its PIL-based variant on transformers 5 (`name`Pil; the default one
+    needs torchvision, and warns), the class itself on 4.55 (the Gaudi stack), where that is the PIL-based one."""
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
 
 
 def exif_orientation(image: Image.Image) -> int:

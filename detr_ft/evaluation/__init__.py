@@ -1,7 +1,6 @@
 """Evaluation: COCO mAP of a model's detections, during training and afterwards.
 
-    coco_map.py    DETR post-processing and COCO box mAP (faster-coco-eval)
-    focal_postprocess.py  Conditional / Deformable DETR post-processing (sigmoid, top k over query x class)
+    coco_map.py    COCO box mAP of detections (faster-coco-eval)
     coco_map_metric/     the same mAP as a Hugging Face `evaluate` module, loaded by path
     loop.py        mAP through the Trainer's own evaluation loop, static shapes, any number of processes
     saved_run.py   a saved model and the data of the run that trained it

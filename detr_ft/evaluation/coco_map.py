@@ -1,12 +1,7 @@
-"""COCO box mAP for DETR predictions, computed by faster-coco-eval (C++ COCOeval, same numbers as pycocotools).
+"""COCO box mAP for DETR-family predictions, computed by faster-coco-eval (C++ COCOeval, same numbers as pycocotools).
 
-Pipeline: model outputs -> `postprocess_logits` (on device) -> `detections_from_predictions` (numpy, COCO result
-dicts in original pixels) -> `coco_map` (COCOeval_faster, bbox).
-
-DETR post-processing (as in DetrImageProcessor.post_process_object_detection with threshold 0): per query,
-p = softmax(logits), score = max_c p[c] and label = argmax_c p[c] over the real classes only (the last, "no
-object" column is dropped), box kept as normalized (cx, cy, w, h). No score threshold and no top-k here: COCOeval
-itself keeps the best `maxDets` = 100 detections per image and category.
+Pipeline: model outputs -> the family's post-processing (on device, detr_ft/model/postprocess.py) ->
+`detections_from_predictions` (numpy, COCO result dicts in original pixels) -> `coco_map` (COCOeval_faster, bbox).
 
 Per-class AP follows COCO's convention: AP@[.5:.95] over all areas with 100 detections, and -1 for a category
 that has no ground-truth box (precision undefined), exactly like the summary metrics.
@@ -17,7 +12,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
-import torch
 from faster_coco_eval import COCO, COCOeval_faster
 
 # Order of COCOeval.stats for bbox with the default area ranges and maxDets (1, 10, 100).
@@ -39,14 +33,6 @@ def _garbage_collection_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def postprocess_logits(logits: torch.Tensor, pred_boxes: torch.Tensor) -> torch.Tensor:
-    """DETR post-processing on device: (B, Q, C+1) logits and (B, Q, 4) boxes -> (B, Q, 6) [score, label, box]."""
-    probs = logits.softmax(-1)[..., :-1]  # (B, Q, C), no-object column dropped
-    scores, labels = probs.max(-1)  # (B, Q), (B, Q)
-    columns = [scores[..., None], labels[..., None].to(scores.dtype), pred_boxes.to(scores.dtype)]  # (B, Q, 1|1|4)
-    return torch.cat(columns, -1)  # (B, Q, 6)
 
 
 @_garbage_collection_paused()

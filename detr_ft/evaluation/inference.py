@@ -1,4 +1,4 @@
-"""`make infer`: detections of a trained DETR on a dataset split or on a folder of images.
+"""`make infer`: detections of a trained DETR-family model on a dataset split or on a folder of images.
 
     python -m detr_ft.evaluation.inference --model_path outputs/demo/checkpoint-800 --output_dir outputs/infer \\
         [--dataset_dir data/synthetic --split test] [--threshold 0.5] [--pad_images --image_size 64]
@@ -10,7 +10,8 @@
 batches through `Trainer.evaluate`); image size and padding default to the model's preprocessor_config.json.
 Writes into --output_dir:
 
-    predictions.json  COCO results: every query of every image, [x, y, w, h] in original pixels, with score
+    predictions.json  COCO results, [x, y, w, h] in original pixels, with score: every query of every image (DETR),
+                      the top 100 (query, class) pairs (Conditional, Deformable DETR), as the model's family scores
     images.json       the image ids of predictions.json and their files (a COCO `images` list)
     categories.json   the category ids of predictions.json and their names
     annotated/        each image with its detections scoring >= --threshold drawn (class name and score), at its
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_outputs(output_dir: Path, split: CocoSplit, classes: ClassMapping, rows: np.ndarray, threshold: float,
                   skipped: list[str]) -> None:
     """predictions.json, images.json, categories.json, annotated/ and (with annotations) metrics.json from the
-    rows (N, Q, 7) of `predict_rows`; each file whole or not at all (a full disk leaves no half file to trust)."""
+    rows (N, K, 7) of `predict_rows`; each file whole or not at all (a full disk leaves no half file to trust)."""
     images = split.coco["images"]
     detections = detections_from_predictions(rows[..., :6], [image["id"] for image in images],
                                              [(image["height"], image["width"]) for image in images],
@@ -215,7 +216,7 @@ def write_outputs(output_dir: Path, split: CocoSplit, classes: ClassMapping, row
     names = classes.category_names
     categories = [{"id": category_id, "name": name} for category_id, name in sorted(names.items())]
     write_json_atomic(output_dir / "categories.json", categories)
-    per_image = len(detections) // len(images)  # every query of every image, image after image
+    per_image = len(detections) // len(images)  # K rows of every image, image after image
     for i, image in enumerate(images):
         picture = draw_detections(split.open_image(i), detections[i * per_image:(i + 1) * per_image], names,
                                   threshold)

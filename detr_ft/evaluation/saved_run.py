@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import transformers
-from transformers import DetrForObjectDetection
+from transformers import PreTrainedModel
 
 from detr_ft.config import TRAINING_DEFAULTS, DataArguments
 from detr_ft.data.dataset import DetectionDataset
@@ -18,6 +18,7 @@ from detr_ft.data.prepare import validated_splits
 from detr_ft.data.sources import CocoSplit
 from detr_ft.evaluation.loop import predict_rows
 from detr_ft.launcher import launched_processes
+from detr_ft.model.families import UnsupportedModelError, model_family
 from detr_ft.run_files import RUN_ARGUMENTS_FILE
 from detr_ft.train.checkpoints import file_damage
 from detr_ft.write_failure import one_line
@@ -43,21 +44,25 @@ class DamagedModelError(ValueError):
 
 @dataclass(frozen=True)
 class SavedModel:
-    model: DetrForObjectDetection
+    model: PreTrainedModel  # its family's class
     preprocessing: Preprocessing  # as it was trained: image size, padding, canvases
 
 
 def load_saved_model(path: str | Path, also_required: tuple[str, ...] = ()) -> SavedModel:
-    """The DETR saved at `path` (in eval mode) and its preprocessing. A file of MODEL_FILES or `also_required` that is
-    missing or damaged (truncated weights, json that does not parse), or weights missing or misshapen, raise
-    DamagedModelError naming it."""
+    """The model saved at `path`, as the class of the family its config names (in eval mode), and its preprocessing.
+    A file of MODEL_FILES or `also_required` that is missing or damaged (truncated weights, json that does not
+    parse), weights missing or misshapen, or a model of no supported family raise DamagedModelError naming it."""
     damage = next(filter(None, (file_damage(Path(path) / name) for name in (*MODEL_FILES, *also_required))), None)
     if damage:
         raise DamagedModelError(f"{path} cannot be loaded: {damage}")
+    try:
+        family = model_family(str(path))
+    except UnsupportedModelError as error:
+        raise DamagedModelError(f"{path} cannot be loaded: {error}") from error
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # its loading report lists unexpected keys too; judged below
     try:
-        model, loading = DetrForObjectDetection.from_pretrained(path, use_safetensors=True, output_loading_info=True)
+        model, loading = family.model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True)
         preprocessing = Preprocessing.from_saved(path)
     except Exception as error:  # parseable files that still do not make a model: transformers raises many types
         raise DamagedModelError(f"{path} cannot be loaded: {one_line(error)}") from error
@@ -88,7 +93,7 @@ def load_split(settings: dict, split: str) -> CocoSplit:
 
 def split_rows(saved: SavedModel, split: CocoSplit, classes: ClassMapping, batch_size: int,
                image_size: int | None = None, pad_images: bool = False, show_progress: bool = True) -> np.ndarray:
-    """Rows (N, Q, 7) of `predict_rows` on `split`, preprocessed as the model was trained (its saved processor:
+    """Rows (N, K, 7) of `predict_rows` on `split`, preprocessed as the model was trained (its saved processor:
     fit into image_size, padded to image_size x image_size, to its aspect-ratio canvases or not) unless overridden
     (another image_size drops the canvases, which were chosen for the trained one)."""
     trained = saved.preprocessing

@@ -1,6 +1,8 @@
-"""The box terms every DETR family shares: the L1 and GIoU matching costs and losses, on padded targets.
+"""What every DETR family's criterion shares: the L1 and GIoU matching costs and losses on padded targets, the box
+count n they are divided by, and the weighted sum over decoder layers.
 
-Boxes are normalized (cx, cy, w, h); n is the number of valid targets in the global batch (the caller's):
+Boxes are normalized (cx, cy, w, h); n is the number of valid targets in the global batch, averaged over processes
+and at least 1 (`average_num_boxes`):
 
     matching:  cost_bbox[q, t] = |box_q - box_t|_1          cost_giou[q, t] = -GIoU(box_q, box_t)
     loss:      loss_bbox = sum_(q, t matched) |box_q - box_t|_1 / n
@@ -12,6 +14,7 @@ zero and get exactly zero gradient, whatever they predict.
 """
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from detr_ft.data.padding import PAD_BOX
@@ -47,3 +50,25 @@ def matched_box_losses(
     giou = generalized_box_iou(center_to_corners(source_boxes), center_to_corners(target_boxes))  # (L, B, Q)
     loss_giou = (1 - giou).sum((1, 2)) / num_boxes  # (L,)
     return loss_bbox, loss_giou
+
+
+def average_num_boxes(valid: Tensor) -> Tensor:
+    """Valid targets in the batch, summed over processes and divided by their number, at least 1: () float."""
+    num_boxes = valid.sum().float()  # ()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_boxes)
+        num_boxes = num_boxes / dist.get_world_size()
+    return num_boxes.clamp(min=1)
+
+
+def weighted_sum(losses: dict[str, Tensor], weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
+    """(total, loss_dict) from per-layer terms, (L,) each, final layer last: loss_dict keyed as transformers keys it
+    (final layer's terms, then auxiliary layer i's suffixed "_i"), the total summed in that order."""
+    final = next(iter(losses.values())).shape[0] - 1
+    loss_dict, weight_dict = {}, {}
+    for layer in [final, *range(final)]:
+        suffix = "" if layer == final else f"_{layer}"
+        loss_dict.update({name + suffix: values[layer] for name, values in losses.items()})
+        weight_dict.update({name + suffix: weight for name, weight in weights.items()})
+    loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
+    return loss, loss_dict

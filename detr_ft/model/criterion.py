@@ -1,7 +1,7 @@
 """DETR's criterion: matcher and set-prediction loss, applied to the label-free forward's outputs.
 
     outputs = model(pixel_values, pixel_mask)      # every decoder layer's predictions (L, B, Q, .)
-    loss, loss_dict = criterion(outputs, labels)
+    loss, loss_dict = criterion(outputs, labels)   # any `Criterion`; model/families.py picks a model's
 
 `DetrCriterion` takes padded targets ("class_labels" (B, T), "boxes" (B, T, 4), "valid" (B, T)) and has no host sync
 but the matcher's one copy. Per decoder layer, with queries matched to valid targets by `hungarian_match`, c_q the
@@ -18,11 +18,14 @@ ForObjectDetectionLoss, which this equals on the unpadded targets (tests/test_lo
 compare a padding box with itself (L1 0, GIoU 1), so they add exactly zero and get exactly zero gradient, whatever
 their predictions are.
 
-`TransformersCriterion` is transformers' own loss through the same interface, for targets left unpadded
-(`--num_buckets 0`): a list of per-image dicts.
+`TransformersCriterion` is transformers' own loss for any family's model through the same interface, for targets
+left unpadded (`--num_buckets 0`): a list of per-image dicts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,12 +33,13 @@ from torch import Tensor
 from torch.nn import functional as F
 from transformers import DetrConfig, PreTrainedModel
 
-from detr_ft.data.padding import PAD_BOX
-from detr_ft.model.box_ops import center_to_corners, generalized_box_iou
+from detr_ft.model.box_terms import average_num_boxes, matched_box_losses, weighted_sum
 from detr_ft.model.matcher import hungarian_match
 from detr_ft.model.outputs import DetectionOutput
 
 LossAndTerms = tuple[Tensor, dict[str, Tensor]]
+# (outputs, labels) -> (loss (), loss_dict): labels padded (a dict of (B, T, ...) tensors) or per image (a list).
+Criterion = Callable[[DetectionOutput, Any], LossAndTerms]
 
 
 class DetrCriterion:
@@ -50,30 +54,19 @@ class DetrCriterion:
         targets = {**labels, "boxes": labels["boxes"].float()}
         matched = hungarian_match(logits, boxes, targets, config.class_cost, config.bbox_cost, config.giou_cost)
         losses = layer_losses(logits, boxes, targets, matched, config.eos_coefficient)  # name -> (L,)
-        final = logits.shape[0] - 1
-        loss_dict = {}
-        for layer in [final, *range(final)]:
-            suffix = "" if layer == final else f"_{layer}"
-            loss_dict.update({name + suffix: values[layer] for name, values in losses.items()})
         weights = {"loss_ce": 1, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
-        weight_dict = {**weights, **{k + f"_{i}": v for i in range(final) for k, v in weights.items()}}
-        loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-        return loss, loss_dict
+        return weighted_sum(losses, weights)
 
 
 def layer_losses(
     logits: Tensor, pred_boxes: Tensor, labels: dict[str, Tensor], matched: Tensor, eos_coefficient: float
 ) -> dict[str, Tensor]:
     """loss_ce, loss_bbox, loss_giou, cardinality_error of each layer, (L,) each, from `hungarian_match`'s `matched`."""
-    layers, batch_size, _, num_classes_with_empty = logits.shape
+    layers, _, _, num_classes_with_empty = logits.shape
     no_object = num_classes_with_empty - 1
-    padding_box = logits.new_tensor(PAD_BOX)  # (4,)
-    is_matched = matched >= 0  # (L, B, Q)
-    # Unmatched queries point at one appended padding target (no-object, PAD_BOX): T = 0 works, all stays finite.
-    target_index = torch.where(is_matched, matched, labels["class_labels"].shape[1])  # (L, B, Q)
+    # Unmatched queries point at one appended no-object target: T = 0 works, all stays finite.
+    target_index = torch.where(matched >= 0, matched, labels["class_labels"].shape[1])  # (L, B, Q)
     class_labels = F.pad(labels["class_labels"], (0, 1), value=no_object)  # (B, T+1)
-    boxes = torch.cat([labels["boxes"], padding_box.expand(batch_size, 1, 4)], dim=1)  # (B, T+1, 4)
-
     target_classes = class_labels.expand(layers, -1, -1).gather(-1, target_index)  # (L, B, Q)
     class_weight = torch.ones(num_classes_with_empty, device=logits.device)  # (C+1,)
     class_weight[no_object] = eos_coefficient
@@ -81,25 +74,11 @@ def layer_losses(
     loss_ce = weighted_nll.sum((1, 2)) / class_weight[target_classes].sum((1, 2))  # (L,)
 
     num_boxes = average_num_boxes(labels["valid"])  # ()
-    box_index = target_index[..., None].expand(-1, -1, -1, 4)  # (L, B, Q, 4)
-    target_boxes = boxes.expand(layers, -1, -1, -1).gather(2, box_index)  # (L, B, Q, 4)
-    source_boxes = torch.where(is_matched[..., None], pred_boxes, padding_box)  # (L, B, Q, 4)
-    loss_bbox = (source_boxes - target_boxes).abs().sum((1, 2, 3)) / num_boxes  # (L,)
-    giou = generalized_box_iou(center_to_corners(source_boxes), center_to_corners(target_boxes))  # (L, B, Q)
-    loss_giou = (1 - giou).sum((1, 2)) / num_boxes  # (L,)
+    loss_bbox, loss_giou = matched_box_losses(pred_boxes, labels["boxes"], matched, num_boxes)  # (L,) each
 
     predicted_objects = (logits.argmax(-1) != no_object).sum(-1)  # (L, B)
     cardinality_error = (predicted_objects - labels["valid"].sum(-1)).abs().float().mean(-1)  # (L,)
     return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "cardinality_error": cardinality_error}
-
-
-def average_num_boxes(valid: Tensor) -> Tensor:
-    """Valid targets in the batch, summed over processes and divided by their number, at least 1: () float."""
-    num_boxes = valid.sum().float()  # ()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num_boxes)
-        num_boxes = num_boxes / dist.get_world_size()
-    return num_boxes.clamp(min=1)
 
 
 class TransformersCriterion:
@@ -116,7 +95,7 @@ class TransformersCriterion:
         self.config = model.config
 
     def __call__(self, outputs: DetectionOutput, labels: list[dict[str, Tensor]]) -> LossAndTerms:
-        logits, boxes = outputs.layer_logits, outputs.layer_boxes  # (L, B, Q, C+1), (L, B, Q, 4)
+        logits, boxes = outputs.layer_logits, outputs.layer_boxes  # (L, B, Q, C'), (L, B, Q, 4)
         if not all_finite(logits, boxes):
             return (logits.sum() + boxes.sum()) * 0 + float("nan"), {}  # () NaN, a zero gradient for every weight
         auxiliary = self.config.auxiliary_loss
@@ -133,8 +112,3 @@ def all_finite(*tensors: Tensor) -> bool:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite)
-
-
-def build_criterion(model: PreTrainedModel, padded_targets: bool) -> DetrCriterion | TransformersCriterion:
-    """Ours for padded targets (`--pad_objects --num_buckets N`), transformers' own for unpadded ones."""
-    return DetrCriterion(model.config) if padded_targets else TransformersCriterion(model)

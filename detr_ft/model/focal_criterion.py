@@ -27,8 +27,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from transformers import PretrainedConfig
 
-from detr_ft.model.box_terms import matched_box_losses, pairwise_box_costs
-from detr_ft.model.criterion import average_num_boxes
+from detr_ft.model.box_terms import average_num_boxes, matched_box_losses, pairwise_box_costs, weighted_sum
 from detr_ft.model.matcher import host_assignment
 from detr_ft.model.outputs import DetectionOutput
 
@@ -109,16 +108,3 @@ def cardinality_error(logits: Tensor, valid: Tensor) -> Tensor:
     """Mean over images of |queries scoring some class above 0.5 - targets|, per layer: (L, B, Q, C) -> (L,)."""
     predicted_objects = (logits.sigmoid().max(-1).values > 0.5).sum(-1)  # (L, B)
     return (predicted_objects - valid.sum(-1)).abs().float().mean(-1)  # (L,)
-
-
-def weighted_sum(losses: dict[str, Tensor], weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
-    """(total, loss_dict) from per-layer terms, (L,) each, final layer last: loss_dict keyed as transformers keys it
-    (final layer's terms, then auxiliary layer i's suffixed "_i"), the total summed in that order."""
-    final = next(iter(losses.values())).shape[0] - 1
-    loss_dict, weight_dict = {}, {}
-    for layer in [final, *range(final)]:
-        suffix = "" if layer == final else f"_{layer}"
-        loss_dict.update({name + suffix: values[layer] for name, values in losses.items()})
-        weight_dict.update({name + suffix: weight for name, weight in weights.items()})
-    loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-    return loss, loss_dict

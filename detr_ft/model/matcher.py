@@ -17,7 +17,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from detr_ft.model.box_ops import center_to_corners, generalized_box_iou
+from detr_ft.model.box_terms import pairwise_box_costs
 
 UNMATCHED = -1
 
@@ -32,11 +32,7 @@ def matching_costs(
     out_prob = logits.softmax(-1)  # (L, B, Q, C+1)
     target_ids = class_labels[None, :, None, :].expand(layers, batch_size, num_queries, -1)  # (L, B, Q, T)
     cost_class = -out_prob.gather(-1, target_ids)  # (L, B, Q, T)
-    target_boxes = boxes.expand(layers, -1, -1, -1)  # (L, B, T, 4)
-    cost_bbox = torch.cdist(pred_boxes.flatten(0, 1), target_boxes.flatten(0, 1), p=1).view_as(cost_class)
-    cost_giou = -generalized_box_iou(
-        center_to_corners(pred_boxes)[..., :, None, :], center_to_corners(target_boxes)[..., None, :, :]
-    )  # (L, B, Q, T)
+    cost_bbox, cost_giou = pairwise_box_costs(pred_boxes, boxes)  # (L, B, Q, T) each
     cost = bbox_cost * cost_bbox + class_cost * cost_class + giou_cost * cost_giou  # (L, B, Q, T)
     # NaN / inf become the largest cost, so such pairs are matched only when nothing else is left (as stock).
     max_value = torch.finfo(cost.dtype).max

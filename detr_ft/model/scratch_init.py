@@ -1,9 +1,13 @@
-"""Conditional DETR's and Deformable DETR's own initialisation of a model trained from scratch (the presets).
+"""Each family's own initialisation of a model trained from scratch (the presets).
 
-transformers' `_init_weights` gives these models BERT's normal(0, 0.02) Linear and Embedding weights and zero
-biases, except Deformable DETR's deformable attention, reference-point and level-embedding initialisation, which it
-takes from the reference code. The reference code (Atten4Vis/ConditionalDETR, fundamentalvision/Deformable-DETR)
-further starts from:
+DETR (facebookresearch/detr models/transformer.py, detr.py): xavier-uniform transformer weights, N(0, 1) query
+embeddings, and PyTorch's default initialisation for the heads and the input projection (transformers' normal(0.02)
+shrinks a 3-layer box MLP's signal and gradients about 4x per layer).
+
+transformers' `_init_weights` gives Conditional DETR and Deformable DETR BERT's normal(0, 0.02) Linear and
+Embedding weights and zero biases, except Deformable DETR's deformable attention, reference-point and level-embedding
+initialisation, which it takes from the reference code. The reference code (Atten4Vis/ConditionalDETR,
+fundamentalvision/Deformable-DETR) further starts from:
 
 - xavier-uniform weights (every parameter of more than one dimension) in the transformer: encoder and decoder
   (with Conditional DETR's query-scale and reference-point MLPs), and Deformable DETR's reference-point,
@@ -18,7 +22,8 @@ further starts from:
   -2 (sigmoid 0.12), in the first decoder layer's head with box refinement, and 0 with two-stage proposals, whose
   sizes come from the proposals.
 
-Biases the reference code leaves at PyTorch's default stay zero as transformers sets them (as for the DETR preset).
+Biases the reference code leaves at PyTorch's default stay zero as transformers sets them (as DETR's transformer
+biases do).
 The backbone is the builder's: trainable BatchNorm, all stages trained.
 """
 
@@ -26,11 +31,20 @@ import math
 
 import torch
 from torch import nn
-from transformers import ConditionalDetrForObjectDetection, DeformableDetrForObjectDetection
+from transformers import ConditionalDetrForObjectDetection, DeformableDetrForObjectDetection, DetrForObjectDetection
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMultiscaleDeformableAttention
 
 PRIOR_PROBABILITY = 0.01
 CLASS_BIAS = -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
+
+
+@torch.no_grad()
+def init_detr(model: DetrForObjectDetection) -> None:
+    """DETR's initialisation (facebookresearch/detr models/transformer.py, detr.py)."""
+    xavier_uniform_matrices([model.model.encoder, model.model.decoder])
+    nn.init.normal_(model.model.query_position_embeddings.weight)
+    for layer in (model.class_labels_classifier, *model.bbox_predictor.layers, model.model.input_projection):
+        layer.reset_parameters()
 
 
 @torch.no_grad()

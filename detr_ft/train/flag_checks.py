@@ -8,7 +8,11 @@ valid value, all refusals in one message (one line for one refused flag).
                           retries)
     hpu_compile_default   transformers' Trainer on HPU in eager mode: --torch_compile on hpu_backend unless turned off
                           (before check_flags, which reads whether a graph compiler pads the images)
+    check_model_family    the model's family, read from its config (a hub id's from the hub): a model of no
+                          supported family or a refused configuration (model/families.py), and the flags its family
+                          cannot run with
     static_shape_defaults on a graph-compiling device: image padding on unless turned off, the cost of what is off
+    family_defaults       the family's learning rate, unless the user set one
     check_batch_fits      the batch against the training set (once the data is read, still before the model)
 
 "Set by the user" means given on the command line (or in its recipe), whatever its value: `config.user_set_flags`.
@@ -23,10 +27,13 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from detr_ft.config import AUTO_WORKERS, DeviceArguments, FlagError, RunArguments, StaticShapeArguments
+from detr_ft.model.build import hub_revision
+from detr_ft.model.families import FAMILIES, Family, UnsupportedModelError, model_family
 from detr_ft.model.presets import is_preset, preset_names
 from detr_ft.train.devices import trainer_stack
 from detr_ft.train.optimizer import library_optimizer
 from detr_ft.train.training_arguments import PROJECT_SETS, steps_per_epoch
+from detr_ft.write_failure import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +119,15 @@ def check_flags(args: RunArguments) -> None:
         raise FlagError("refused flags:\n  " + "\n  ".join(problems))
 
 
+def model_sources() -> str:
+    return f"a local model folder (a run's --output_dir or checkpoint-N), a preset ({', '.join(preset_names())})"
+
+
 def model_source_problems(name_or_path: str, revision: str | None) -> list[str]:
     """A preset, a local model folder, or a hub id: what is wrong with it that can be told without the network."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    ways = f"a local model folder (a run's --output_dir or checkpoint-N), a preset ({', '.join(preset_names())})"
+    ways = model_sources()
     path = Path(name_or_path).expanduser()
     if is_preset(name_or_path):
         return []
@@ -146,6 +157,35 @@ def hpu_compile_default(args: RunArguments) -> None:
                     HPU_COMPILE_BACKEND)
     if training.torch_compile and "torch_compile_backend" not in user_set:
         training.torch_compile_backend = HPU_COMPILE_BACKEND
+
+
+def check_model_family(args: RunArguments) -> Family:
+    """The family of --model_name_or_path (model/families.py), read from its config before any data or weights are
+    read (a hub id's from the hub, or its cache; call after `check_flags`, which refuses what can be told offline).
+    FlagError for a model of no supported family, a refused configuration, or flags the family cannot run with."""
+    model, shapes, device = args.model, args.shapes, args.device
+    name = model.model_name_or_path
+    try:
+        family = model_family(name, hub_revision(name, model.model_revision))
+    except UnsupportedModelError as error:
+        raise FlagError(f"--model_name_or_path {name}: {error}") from error
+    except OSError as error:
+        raise FlagError(f"--model_name_or_path {name}: its config.json cannot be read ({one_line(error)}): give "
+                        f"{model_sources()}, or a hub id the hub or its cache has") from error
+    problems = []
+    if family is not FAMILIES["detr"]:
+        if (device.use_habana or device.trainer == "gaudi") and not shapes.buckets_on:
+            problems.append(f"--num_buckets 0 (or no --pad_objects) with optimum-habana's GaudiTrainer: "
+                            f"{family.name}'s own loss would run through optimum-habana's replacement of DETR's, "
+                            "untested for it: add --pad_objects --num_buckets 1 (the project's criterion)")
+        if device.cpu_position_embedding:
+            problems.append(f"--cpu_position_embedding: has no effect on {family.name} (optimum-habana moves only "
+                            "DETR's position embedding to the CPU): drop the flag")
+    if len(problems) == 1:
+        raise FlagError(problems[0])
+    if problems:
+        raise FlagError("refused flags:\n  " + "\n  ".join(problems))
+    return family
 
 
 def graph_compiler(device: DeviceArguments, training: TrainingArguments) -> str | None:
@@ -179,6 +219,15 @@ def static_shape_defaults(args: RunArguments) -> None:
     if not shapes.buckets_on:
         logger.warning("%s without --pad_objects --num_buckets N: every new per-image object count compiles a new "
                        "graph, and transformers' matcher syncs with the host several times per step", compiler)
+
+
+def family_defaults(args: RunArguments, family: Family) -> None:
+    """The family's learning rate (its paper's: model/families.py) where the user set none; logged when it differs
+    from the project's default, DETR's."""
+    learning_rate = family.recipe.learning_rate
+    if "learning_rate" not in args.user_set and args.training.learning_rate != learning_rate:
+        logger.info("%s: --learning_rate %g (its paper's); --learning_rate sets another", family.name, learning_rate)
+        args.training.learning_rate = learning_rate
 
 
 def check_batch_fits(images_per_canvas: list[int], training: TrainingArguments) -> None:

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from detr_ft.config import DeviceArguments
 from detr_ft.data.padding import batch_image_index
-from detr_ft.model.criterion import DetrCriterion, TransformersCriterion
+from detr_ft.model.criterion import Criterion
 from detr_ft.train.nonfinite_guard import NonFiniteLossGuard
 
 
@@ -35,7 +35,7 @@ class DetectionTrainerMixin:
         which ends in a later callback of the same hook, counts its read.
     """
 
-    def __init__(self, *args, criterion: DetrCriterion | TransformersCriterion | None = None,
+    def __init__(self, *args, criterion: Criterion | None = None,
                  train_sampler: torch.utils.data.Sampler | None = None,
                  finite_guard: NonFiniteLossGuard | None = None,
                  callbacks: list[TrainerCallback] | None = None, **kwargs):
