@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from device_under_test import DEVICE_VARIABLE, device_under_test, float32_matmuls, on_device
+from torch._dynamo.testing import CompileCounterWithBackend
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss, HungarianMatcher
 
@@ -143,6 +144,40 @@ def test_bfloat16_outputs_give_the_float32_loss():
     assert loss.dtype == torch.float32 and torch.equal(loss, loss32)
     assert all(torch.equal(loss_dict[k], loss_dict32[k]) for k in loss_dict32)
     assert all(grads[k].dtype == torch.bfloat16 and torch.equal(grads[k], grads32[k].bfloat16()) for k in grads32)
+
+
+def compile_backend() -> str:
+    """What compiles the criterion in the test: inductor on an accelerator, as `--torch_compile` compiles it there; on
+    the CPU aot_eager, the same graphs without inductor's code generation (which takes minutes on a small CPU)."""
+    return "aot_eager" if device_under_test().type == "cpu" else "inductor"
+
+
+# Measured with inductor on this CPU: loss terms equal to the eager ones, gradients within 2e-8 (absolute, of entries
+# up to ~1); aot_eager: equal bit for bit.
+COMPILED_RTOL, COMPILED_ATOL = 1e-5, 1e-6
+
+
+def test_compiled_criterion_equals_the_eager_one():
+    """`--torch_compile`'s criterion: its matching costs and loss terms compiled (detr_ft/train/compiled_step.py), one
+    graph each for the bucket, both batches; every term and every gradient as the eager criterion's."""
+    torch._dynamo.reset()  # what other tests compiled of the same functions
+    config = make_config(auxiliary_loss=True)
+    backend = CompileCounterWithBackend(compile_backend())
+    compiled, eager = DetrCriterion(config, {"backend": backend}), DetrCriterion(config)
+    generator = torch.Generator().manual_seed(3)
+    for counts in ([3, 0, 8], [5, 1, 2]):
+        padded = on_device(DetectionCollator(bucket_sizes=[8]).targets(make_targets(counts, generator)))
+        outputs = make_outputs(len(counts), generator)
+        loss, loss_dict, grads = run_loss(compiled, outputs, padded)
+        expected_loss, expected_dict, expected_grads = run_loss(eager, outputs, padded)
+        for key, expected in [("loss", expected_loss), *expected_dict.items()]:
+            value = loss if key == "loss" else loss_dict[key]
+            torch.testing.assert_close(value, expected, rtol=COMPILED_RTOL, atol=COMPILED_ATOL,
+                                       msg=lambda message, key=key: f"{key}: {message}")
+        for name, expected in expected_grads.items():
+            torch.testing.assert_close(grads[name], expected, rtol=COMPILED_RTOL, atol=COMPILED_ATOL,
+                                       msg=lambda message, name=name: f"gradient of {name}: {message}")
+    assert backend.frame_count == 2  # the costs and the loss terms, once for the bucket
 
 
 def test_inputs_are_on_the_device_the_environment_names(monkeypatch):

@@ -4,9 +4,10 @@
     loss, loss_dict = criterion(outputs, labels)
 
 `DetrCriterion` takes padded targets ("class_labels" (B, T), "boxes" (B, T, 4), "valid" (B, T)) and has no host sync
-but the matcher's one copy. Per decoder layer, with queries matched to valid targets by `hungarian_match`, c_q the
-matched class of query q (the no-object class C when unmatched), w the class weights (1, eos_coefficient for
-no-object) and n the number of valid targets in the global batch, averaged over processes and at least 1:
+but the matcher's one copy. Per decoder layer, with queries matched to valid targets by the Hungarian matcher
+(detr_ft/model/matcher.py), c_q the matched class of query q (the no-object class C when unmatched), w the class
+weights (1, eos_coefficient for no-object) and n the number of valid targets in the global batch, averaged over
+processes and at least 1:
 
     loss_ce           = sum_q w[c_q] * -log softmax(logits_q)[c_q] / sum_q w[c_q]
     loss_bbox         = sum_(q, t) |box_q - box_t|_1 / n
@@ -18,11 +19,24 @@ ForObjectDetectionLoss, which this equals on the unpadded targets (tests/test_lo
 compare a padding box with itself (L1 0, GIoU 1), so they add exactly zero and get exactly zero gradient, whatever
 their predictions are.
 
+A call runs in three parts, so that the two on the device hold no host sync and take only static shapes (one target
+bucket: one shape):
+
+    cost = matching_costs(...)            # device, no grad: (L, B, Q, T)
+    matched = host_assignment(cost, ...)  # the one device->host copy, scipy, indices back
+    loss, loss_dict = set_loss(...)       # device: the terms above, their sum, and its backward
+
+`compile_options` (torch.compile's backend, mode, ...) compiles the two device parts for training, each with
+`dynamic=False` and `fullgraph=True`: a graph per target bucket each, whatever the image canvas
+(detr_ft/train/compiled_step.py). The box count's all-reduce over processes stays outside them.
+
 `TransformersCriterion` is transformers' own loss through the same interface, for targets left unpadded
 (`--num_buckets 0`): a list of per-image dicts.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,64 +45,84 @@ from torch.nn import functional as F
 from transformers import DetrConfig, PreTrainedModel
 
 from detr_ft.model.box_ops import PAD_BOX, center_to_corners, generalized_box_iou
-from detr_ft.model.matcher import hungarian_match
+from detr_ft.model.matcher import host_assignment, matching_costs
 from detr_ft.model.outputs import DetectionOutput
 
 LossAndTerms = tuple[Tensor, dict[str, Tensor]]
 
 
 class DetrCriterion:
-    """DETR's loss on padded targets (module docstring), with the matching costs and loss weights of `config`."""
+    """DETR's loss on padded targets (module docstring), with the matching costs and loss weights of `config`; its
+    device parts compiled with `compile_options` when given, for training: evaluation (no grad) runs them eager, as
+    its batches have other shapes (the evaluation batch size, targets beyond the training buckets) and a few
+    evaluation steps would not repay their compilation."""
 
-    def __init__(self, config: DetrConfig):
+    def __init__(self, config: DetrConfig, compile_options: dict[str, Any] | None = None):
         self.config = config
+        self.compiled = None
+        if compile_options is not None:
+            self.compiled = tuple(torch.compile(part, dynamic=False, fullgraph=True, **compile_options)
+                                  for part in (matching_costs, set_loss))
 
     def __call__(self, outputs: DetectionOutput, labels: dict[str, Tensor]) -> LossAndTerms:
         config = self.config
-        logits, boxes = outputs.layer_logits.float(), outputs.layer_boxes.float()  # (L, B, Q, C+1), (L, B, Q, 4)
-        targets = {**labels, "boxes": labels["boxes"].float()}
-        matched = hungarian_match(logits, boxes, targets, config.class_cost, config.bbox_cost, config.giou_cost)
-        losses = layer_losses(logits, boxes, targets, matched, config.eos_coefficient)  # name -> (L,)
-        final = logits.shape[0] - 1
-        loss_dict = {}
-        for layer in [final, *range(final)]:
-            suffix = "" if layer == final else f"_{layer}"
-            loss_dict.update({name + suffix: values[layer] for name, values in losses.items()})
-        weights = {"loss_ce": 1, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
-        weight_dict = {**weights, **{k + f"_{i}": v for i in range(final) for k, v in weights.items()}}
-        loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-        return loss, loss_dict
+        costs, loss = self.compiled if self.compiled and torch.is_grad_enabled() else (matching_costs, set_loss)
+        logits, boxes = outputs.layer_logits, outputs.layer_boxes  # (L, B, Q, C+1), (L, B, Q, 4)
+        cost = costs(logits, boxes, labels["class_labels"], labels["boxes"], config.class_cost, config.bbox_cost,
+                     config.giou_cost)  # (L, B, Q, T)
+        matched = host_assignment(cost, labels["valid"])  # (L, B, Q)
+        num_boxes = average_num_boxes(labels["valid"])  # ()
+        return loss(logits, boxes, labels["class_labels"], labels["boxes"], labels["valid"], matched, num_boxes,
+                    config.eos_coefficient, config.bbox_loss_coefficient, config.giou_loss_coefficient)
 
 
-def layer_losses(
-    logits: Tensor, pred_boxes: Tensor, labels: dict[str, Tensor], matched: Tensor, eos_coefficient: float
-) -> dict[str, Tensor]:
-    """loss_ce, loss_bbox, loss_giou, cardinality_error of each layer, (L,) each, from `hungarian_match`'s `matched`."""
+def set_loss(logits: Tensor, pred_boxes: Tensor, class_labels: Tensor, boxes: Tensor, valid: Tensor, matched: Tensor,
+             num_boxes: Tensor, eos_coefficient: float, bbox_weight: float, giou_weight: float) -> LossAndTerms:
+    """The weighted loss and loss_dict of every layer, in float32 whatever the outputs' precision: logits (L, B, Q,
+    C+1), pred_boxes (L, B, Q, 4), padded class_labels (B, T), boxes (B, T, 4) and valid (B, T), `host_assignment`'s
+    matched (L, B, Q), num_boxes () -> (), {name: ()}; the final layer's terms unsuffixed and first, as transformers
+    orders them."""
+    losses = layer_losses(logits.float(), pred_boxes.float(), class_labels, boxes.float(), valid, matched,
+                          num_boxes, eos_coefficient)  # name -> (L,)
+    final = logits.shape[0] - 1
+    loss_dict = {}
+    for layer in [final, *range(final)]:
+        suffix = "" if layer == final else f"_{layer}"
+        loss_dict.update({name + suffix: values[layer] for name, values in losses.items()})
+    weights = {"loss_ce": 1, "loss_bbox": bbox_weight, "loss_giou": giou_weight}
+    weight_dict = {**weights, **{k + f"_{i}": v for i in range(final) for k, v in weights.items()}}
+    loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)  # ()
+    return loss, loss_dict
+
+
+def layer_losses(logits: Tensor, pred_boxes: Tensor, class_labels: Tensor, boxes: Tensor, valid: Tensor,
+                 matched: Tensor, num_boxes: Tensor, eos_coefficient: float) -> dict[str, Tensor]:
+    """loss_ce, loss_bbox, loss_giou, cardinality_error of each layer, (L,) each, from `host_assignment`'s
+    `matched`."""
     layers, batch_size, _, num_classes_with_empty = logits.shape
     no_object = num_classes_with_empty - 1
     padding_box = logits.new_tensor(PAD_BOX)  # (4,)
     is_matched = matched >= 0  # (L, B, Q)
     # Unmatched queries point at one appended padding target (no-object, PAD_BOX): T = 0 works, all stays finite.
-    target_index = torch.where(is_matched, matched, labels["class_labels"].shape[1])  # (L, B, Q)
-    class_labels = F.pad(labels["class_labels"], (0, 1), value=no_object)  # (B, T+1)
-    boxes = torch.cat([labels["boxes"], padding_box.expand(batch_size, 1, 4)], dim=1)  # (B, T+1, 4)
+    target_index = torch.where(is_matched, matched, class_labels.shape[1])  # (L, B, Q)
+    padded_classes = F.pad(class_labels, (0, 1), value=no_object)  # (B, T+1)
+    padded_boxes = torch.cat([boxes, padding_box.expand(batch_size, 1, 4)], dim=1)  # (B, T+1, 4)
 
-    target_classes = class_labels.expand(layers, -1, -1).gather(-1, target_index)  # (L, B, Q)
+    target_classes = padded_classes.expand(layers, -1, -1).gather(-1, target_index)  # (L, B, Q)
     class_weight = torch.ones(num_classes_with_empty, device=logits.device)  # (C+1,)
     class_weight[no_object] = eos_coefficient
     weighted_nll = F.cross_entropy(logits.permute(0, 3, 1, 2), target_classes, class_weight, reduction="none")
     loss_ce = weighted_nll.sum((1, 2)) / class_weight[target_classes].sum((1, 2))  # (L,)
 
-    num_boxes = average_num_boxes(labels["valid"])  # ()
     box_index = target_index[..., None].expand(-1, -1, -1, 4)  # (L, B, Q, 4)
-    target_boxes = boxes.expand(layers, -1, -1, -1).gather(2, box_index)  # (L, B, Q, 4)
+    target_boxes = padded_boxes.expand(layers, -1, -1, -1).gather(2, box_index)  # (L, B, Q, 4)
     source_boxes = torch.where(is_matched[..., None], pred_boxes, padding_box)  # (L, B, Q, 4)
     loss_bbox = (source_boxes - target_boxes).abs().sum((1, 2, 3)) / num_boxes  # (L,)
     giou = generalized_box_iou(center_to_corners(source_boxes), center_to_corners(target_boxes))  # (L, B, Q)
     loss_giou = (1 - giou).sum((1, 2)) / num_boxes  # (L,)
 
     predicted_objects = (logits.argmax(-1) != no_object).sum(-1)  # (L, B)
-    cardinality_error = (predicted_objects - labels["valid"].sum(-1)).abs().float().mean(-1)  # (L,)
+    cardinality_error = (predicted_objects - valid.sum(-1)).abs().float().mean(-1)  # (L,)
     return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "cardinality_error": cardinality_error}
 
 
@@ -134,6 +168,8 @@ def all_finite(*tensors: Tensor) -> bool:
     return bool(finite)
 
 
-def build_criterion(model: PreTrainedModel, padded_targets: bool) -> DetrCriterion | TransformersCriterion:
-    """Ours for padded targets (`--pad_objects --num_buckets N`), transformers' own for unpadded ones."""
-    return DetrCriterion(model.config) if padded_targets else TransformersCriterion(model)
+def build_criterion(model: PreTrainedModel, padded_targets: bool,
+                    compile_options: dict[str, Any] | None = None) -> DetrCriterion | TransformersCriterion:
+    """Ours for padded targets (`--pad_objects --num_buckets N`), its device parts compiled with `compile_options` if
+    given; transformers' own for unpadded ones (its shapes change with every batch: never compiled)."""
+    return DetrCriterion(model.config, compile_options) if padded_targets else TransformersCriterion(model)

@@ -1,0 +1,163 @@
+"""The compiled training step (detr_ft/train/compiled_step.py): through the entry, `--torch_compile` compiles a graph
+per image canvas for the forward and one per target bucket for each of the criterion's two device parts, none after
+the first epoch, and trains with the eager step's losses; CUDA graphs keep gradients in stable buffers under gradient
+accumulation and are refused under several processes.
+
+What runs here is dynamo and AOTAutograd (`aot_eager`: the graphs inductor would receive, forward and backward,
+without its code generation); CUDA graph capture itself runs only on a GPU (scripts/gpu_check.sh).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from entry_runs import entry_argv, run_in_process
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from detr_ft.config import FlagError, parse_arguments
+from detr_ft.train.compiled_step import (
+    StableGradBuffers,
+    StableGradBuffersCallback,
+    compiled_step_callbacks,
+    cuda_graph_problems,
+    uses_cuda_graphs,
+)
+from detr_ft.train.flag_checks import check_flags
+
+CANVASES, BUCKETS, EPOCHS = 3, 2, 2
+# Measured: the aot_eager step's logged losses and gradient norms equal the eager step's bit for bit, at
+# OMP_NUM_THREADS 1 and 2, over both epochs (its graphs run the eager step's aten ops). The tolerance leaves room for
+# a decomposition changing an op's rounding; a wrong loss or a skipped part is far off.
+LOSS_RTOL = 1e-6
+
+
+def logged(run_dir) -> list[tuple[float, float]]:
+    """(loss, grad_norm) of every logged step."""
+    state = json.loads(sorted(run_dir.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    return [(entry["loss"], entry["grad_norm"]) for entry in state["log_history"] if "loss" in entry]
+
+
+def canvas_run(data_dir, output_dir, *flags: str) -> dict:
+    """Two epochs of 48 steps over 3 canvases and 2 target buckets, both met in the first epoch."""
+    argv = entry_argv(data_dir, output_dir, "--image_size", "64", "--image_buckets", str(CANVASES),
+                      "--num_buckets", str(BUCKETS), "--per_device_train_batch_size", "2", "--logging_steps", "1",
+                      "--num_train_epochs", str(EPOCHS), "--ckpt_store_interval_epochs", str(EPOCHS), *flags)
+    assert run_in_process(argv) == 0
+    return json.loads((output_dir / "run_summary.json").read_text())
+
+
+@pytest.mark.slow  # two entry runs
+def test_compiled_step_graphs_per_canvas_and_bucket_and_the_eager_losses(aspect_ratio_dir, tmp_path,
+                                                                          record_compiled_graphs):
+    recorder = record_compiled_graphs("aot_eager")
+    summary = canvas_run(aspect_ratio_dir, tmp_path / "compiled", "--torch_compile", "--torch_compile_backend",
+                         "aot_eager")
+    eager = canvas_run(aspect_ratio_dir, tmp_path / "eager")
+
+    assert len(summary["image_canvases"]) == CANVASES and len(summary["buckets"]) == BUCKETS
+    # the forward (compiled first), the matching costs, the loss terms; nothing compiled in the second epoch, nor
+    # when an epoch met a canvas or a bucket again
+    assert recorder.graphs_per_frame() == [CANVASES, BUCKETS, BUCKETS]
+    assert summary["graph_compilations"]["torch_compile"] == CANVASES + 2 * BUCKETS and recorder.symbolic == []
+    runs = [recorder.frames[graph] for graph, _ in recorder.training_runs]
+    assert runs == list(dict.fromkeys(recorder.frames)) * (summary["steps"] - 1)  # all but the audited step, eager
+    compiled_losses, eager_losses = logged(tmp_path / "compiled"), logged(tmp_path / "eager")
+    assert len(compiled_losses) == summary["steps"] == eager["steps"]
+    for step, (compiled, expected) in enumerate(zip(compiled_losses, eager_losses, strict=True), start=1):
+        assert compiled == pytest.approx(expected, rel=LOSS_RTOL), f"step {step}: compiled {compiled}, eager {expected}"
+
+
+@pytest.mark.parametrize(("flags", "captured"), [
+    (["--torch_compile", "--torch_compile_mode", "reduce-overhead"], True),
+    (["--torch_compile", "--torch_compile_mode", "max-autotune"], True),
+    (["--torch_compile", "--torch_compile_backend", "cudagraphs"], True),
+    (["--torch_compile"], False),
+    (["--torch_compile", "--torch_compile_mode", "max-autotune-no-cudagraphs"], False),
+    (["--torch_compile", "--torch_compile_backend", "eager", "--torch_compile_mode", "reduce-overhead"], False),
+    ([], False),
+])
+def test_cuda_graph_modes_are_told_apart(flags, captured):
+    training = parse_arguments(["--output_dir", "unused", *flags]).training
+    assert uses_cuda_graphs(training) == captured
+    accumulating = parse_arguments(["--output_dir", "unused", *flags, "--gradient_accumulation_steps", "2"]).training
+    assert [type(callback) for callback in compiled_step_callbacks(accumulating)] == (
+        [StableGradBuffersCallback] if captured else [])
+    assert compiled_step_callbacks(training) == []
+
+
+def test_cuda_graphs_with_several_processes_are_refused_by_name(monkeypatch):
+    args = parse_arguments(["--output_dir", "unused", "--model_name_or_path", "detr-tiny", "--torch_compile",
+                            "--torch_compile_mode", "reduce-overhead"])
+    check_flags(args)  # one process
+    monkeypatch.setattr("detr_ft.train.flag_checks.launched_processes", lambda: 2)
+    with pytest.raises(FlagError, match="--torch_compile_mode reduce-overhead with 2 processes: CUDA graphs under "
+                                        "DistributedDataParallel"):
+        check_flags(args)
+    compiled = parse_arguments(["--output_dir", "unused", "--torch_compile"]).training
+    assert cuda_graph_problems(compiled, processes=2) == []
+
+
+class TwoLayers(torch.nn.Module):
+    """A trained linear layer under a frozen one, with a Trainer-shaped output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trained = torch.nn.Linear(3, 2)
+        self.frozen = torch.nn.Linear(2, 1).requires_grad_(False)
+
+    def forward(self, x, labels):
+        return {"loss": (self.frozen(self.trained(x)).squeeze(-1) - labels).square().mean()}
+
+
+class GradientsAtOptimizerStep(TrainerCallback):
+    """The .grad tensor of every parameter, just before each optimizer step."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.seen: list[list[torch.Tensor | None]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.seen.append([parameter.grad for parameter in self.model.parameters()])
+
+
+def accumulate(output_dir, stable_buffers: bool) -> tuple[TwoLayers, GradientsAtOptimizerStep]:
+    """4 optimizer steps of 2 micro-batches of 2 samples each, with or without `StableGradBuffersCallback`."""
+    torch.manual_seed(1)
+    samples = [{"x": torch.randn(3), "labels": torch.randn(())} for _ in range(16)]
+    model = TwoLayers()
+    gradients = GradientsAtOptimizerStep(model)
+    args = TrainingArguments(output_dir=str(output_dir), max_steps=4, per_device_train_batch_size=2,
+                             gradient_accumulation_steps=2, learning_rate=0.1, report_to="none", use_cpu=True,
+                             save_strategy="no")
+    callbacks = [StableGradBuffersCallback(), gradients] if stable_buffers else [gradients]
+    Trainer(model=model, args=args, train_dataset=samples, callbacks=callbacks).train()
+    return model, gradients
+
+
+def test_stable_grad_buffers_hold_every_gradient_and_train_as_without(tmp_path):
+    model, gradients = accumulate(tmp_path / "stable", stable_buffers=True)
+    plain_model, plain_gradients = accumulate(tmp_path / "plain", stable_buffers=False)
+
+    first = gradients.seen[0]
+    assert first[2] is first[3] is None  # the frozen layer gets no buffer
+    for step in gradients.seen:  # the same tensors, step after step: the Trainer's zero_grad did not drop them
+        assert all(grad is buffer for grad, buffer in zip(step[:2], first[:2], strict=True))
+    assert all(plain is not first[0] for plain, *_ in plain_gradients.seen)  # without: a new tensor every step
+    for name, value in model.state_dict().items():  # accumulated and zeroed as the Trainer does it
+        assert torch.equal(value, plain_model.state_dict()[name]), name
+
+
+def test_stable_grad_buffers_accumulate_backwards_and_start_from_zero():
+    model = TwoLayers()
+    grads = StableGradBuffers(model)
+    batch = {"x": torch.randn(4, 3), "labels": torch.randn(4)}
+    single = torch.autograd.grad(model(**batch)["loss"], [model.trained.weight])[0]  # (2, 3)
+    for _ in range(2):  # the second attach must zero what the first steps left
+        grads.attach()
+        model(**batch)["loss"].backward()
+        model(**batch)["loss"].backward()
+        assert model.trained.weight.grad is grads.buffers[0]
+        torch.testing.assert_close(model.trained.weight.grad, 2 * single)
