@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from detr_ft.config import DeviceArguments
+from detr_ft.data.images import model_pixels
 from detr_ft.data.padding import batch_image_index
 from detr_ft.model.criterion import DetrCriterion, TransformersCriterion
 from detr_ft.train.nonfinite_guard import NonFiniteLossGuard
@@ -46,7 +47,8 @@ class DetectionTrainerMixin:
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Tensor | int | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+        pixel_values = model_pixels(inputs["pixel_values"], inputs["pixel_mask"])  # 8-bit ones normalised here
+        outputs = model(pixel_values=pixel_values, pixel_mask=inputs["pixel_mask"])
         if self.criterion is None:
             loss = outputs.logits.new_zeros(())  # ()
         else:
