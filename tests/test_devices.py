@@ -106,6 +106,18 @@ def test_bf16_and_autocast_both_mean_bf16_autocast(flags):
     assert arguments.bf16 and arguments.use_cpu
 
 
+def test_batches_go_to_a_gpu_pinned_and_without_waiting_for_its_queue():
+    """On CUDA the loader pins batches and accelerate copies them non-blocking; without pinning a non-blocking copy
+    would be a plain one, and on the CPU nothing is copied."""
+    def derived(device_type: str, *flags: str):
+        return training_arguments(device_type, parse_arguments(["--output_dir", "unused", *flags]), [8])
+
+    cuda, cpu = derived("cuda"), derived("cpu")
+    assert cuda.dataloader_pin_memory and cuda.accelerator_config.non_blocking
+    assert not cpu.dataloader_pin_memory and not cpu.accelerator_config.non_blocking
+    assert not derived("cuda", "--dataloader_pin_memory", "false").accelerator_config.non_blocking
+
+
 def test_padded_loss_is_float32_under_bf16_autocast():
     torch.manual_seed(0)
     model = build_model("detr-tiny", {0: "circle", 1: "square", 2: "triangle"})
