@@ -13,8 +13,9 @@ Measures (medians of interleaved repeats where timed):
   epoch's batches, eager images/s, graphs and compile warm-up over the epoch, and their ratios to the square and stock;
 - regional_compile: graphs and compile warm-up of stock and K = 3 with `model.model` compiled by regions (accelerate's
   `compile_regions`, as `ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=1` has the Trainer do), against the whole compile;
-- loader: images/s of the real data path (`DetectionDataset` with augmentation on CPPE-5's test split at the bench's
-  image size, the collator, a DataLoader with the default workers of `--dataloader_num_workers`) next to the step's;
+- loader: images/s of the real data path (bench/loader_speed.py: `DetectionDataset` with augmentation on CPPE-5's test
+  split at the bench's image size, the collator, a DataLoader with the default workers of `--dataloader_num_workers`)
+  next to the steps', and its ratio to the fastest step's;
 - matcher_ms_per_step: transformers' HungarianMatcher once per decoder layer (as its loss calls it) against our
   `hungarian_match` of all layers at once, on the same model outputs;
 - map_eval_s: pycocotools against our `coco_map` (bench/map_eval.py);
@@ -46,6 +47,7 @@ from transformers import HfArgumentParser
 from transformers.loss.loss_for_object_detection import HungarianMatcher
 
 from bench.compile_warmup import compile_warmup_isolated
+from bench.loader_speed import loader_images_per_s
 from bench.map_eval import compare_map_evaluation
 from bench.training_step import forward_and_loss
 from bench.workload import (
@@ -59,6 +61,7 @@ from bench.workload import (
     step_loss,
     train_step,
 )
+from detr_ft.data.loader_workers import default_dataloader_workers
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.matcher import hungarian_match
 from detr_ft.train.sync_audit import HostSyncCounter
@@ -176,29 +179,13 @@ def eager_epoch(workload: Workload, every: int, chunks: int, paths: tuple[str, .
             for path, (_, _, batches, timed) in runs.items()}
 
 
-def loader_images_per_s(workload: Workload, epochs: int) -> dict | None:
-    """Images/s of the training data path on CPPE-5's test split (decode, augment, resize to the bench's image size,
-    normalise, collate) with the default DataLoader workers; None without the split."""
+def cppe5_loader(workload: Workload, epochs: int) -> dict | None:
+    """`loader_images_per_s` on CPPE-5's test split at the workload's image size and batch, with the default
+    DataLoader workers of `--dataloader_num_workers`; None without the split."""
     if not (CPPE5_TEST / "annotations" / "test.json").exists():
         return None
-    from detr_ft.data.augmentation import train_augmentation
-    from detr_ft.data.dataset import DetectionDataset
-    from detr_ft.data.labels import ClassMapping
-    from detr_ft.data.loader_workers import default_dataloader_workers
-    from detr_ft.data.padding import DetectionCollator
-    from detr_ft.data.sources import load_coco_folder
-
-    split = load_coco_folder(CPPE5_TEST, "test")
-    dataset = DetectionDataset(split, ClassMapping.from_categories(split.coco["categories"]).category_to_label,
-                               workload.image_size, train_augmentation())
-    workers = default_dataloader_workers()
-    loader = torch.utils.data.DataLoader(dataset, workload.batch_size, shuffle=True, num_workers=workers,
-                                         collate_fn=DetectionCollator(workload.image_size), drop_last=True)
-    start, images = time.perf_counter(), 0
-    for _ in range(epochs):
-        for batch in loader:
-            images += len(batch["pixel_values"])
-    return {"workers": workers, "images": images, "images_per_s": images / (time.perf_counter() - start)}
+    return loader_images_per_s(CPPE5_TEST, "test", workload.image_size, workload.batch_size,
+                               default_dataloader_workers(), epochs)
 
 
 @torch.no_grad()
@@ -321,7 +308,7 @@ def measure_canvas_paths(sizes: BenchSizes, results: dict) -> dict:
     eager_workload = replace(workload, image_size=sizes.canvas_eager_image_size)
     eager = eager_epoch(eager_workload, sizes.eager_every, sizes.eager_chunks)
     progress("loader")
-    results.update(canvas_summary(compiles, eager, loader_images_per_s(eager_workload, sizes.loader_epochs)))
+    results.update(canvas_summary(compiles, eager, cppe5_loader(eager_workload, sizes.loader_epochs)))
     results["regional_compile"] = regional_summary(compiles, regional)
     return compiles
 
