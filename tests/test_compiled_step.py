@@ -1,7 +1,7 @@
 """The compiled training step (detr_ft/train/compiled_step.py): through the entry, `--torch_compile` compiles a graph
 per image canvas for the forward and one per target bucket for each of the criterion's two device parts, none after
-the first epoch, and trains with the eager step's losses; CUDA graphs keep gradients in stable buffers under gradient
-accumulation and are refused under several processes.
+the first epoch, and trains with the eager step's losses, also killed and resumed; CUDA graphs keep gradients in
+stable buffers under gradient accumulation and are refused under several processes.
 
 What runs here is dynamo and AOTAutograd (`aot_eager`: the graphs inductor would receive, forward and backward,
 without its code generation); CUDA graph capture itself runs only on a GPU (scripts/gpu_check.sh).
@@ -13,10 +13,12 @@ import json
 
 import pytest
 import torch
-from entry_runs import entry_argv, run_in_process
+from conftest import DEALT_CANVAS_RUN_ARGUMENTS
+from entry_runs import entry_argv, entry_command, final_weights, kill_after_checkpoint, run_in_process
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from detr_ft.config import FlagError, parse_arguments
+from detr_ft.train.checkpoints import COMPLETE_MARKER
 from detr_ft.train.compiled_step import (
     StableGradBuffers,
     StableGradBuffersCallback,
@@ -67,6 +69,25 @@ def test_compiled_step_graphs_per_canvas_and_bucket_and_the_eager_losses(aspect_
     assert len(compiled_losses) == summary["steps"] == eager["steps"]
     for step, (compiled, expected) in enumerate(zip(compiled_losses, eager_losses, strict=True), start=1):
         assert compiled == pytest.approx(expected, rel=LOSS_RTOL), f"step {step}: compiled {compiled}, eager {expected}"
+
+
+@pytest.mark.slow  # an entry run in a subprocess, killed, and its rerun
+def test_captured_step_with_accumulation_killed_and_resumed_trains_as_the_eager_run(canvas_coco, tmp_path,
+                                                                                    dealt_canvas_reference_run,
+                                                                                    logged_losses):
+    """dynamo's cudagraphs backend (CUDA-graph handling: the stable gradient buffers under accumulation; CPU graphs
+    are not captured) on three canvases, each step's 2 batches from different canvases, killed after the first
+    checkpoint and rerun: it resumes and ends where the uninterrupted eager run ends, loss by loss, bit for bit."""
+    argv = entry_argv(canvas_coco, tmp_path, *DEALT_CANVAS_RUN_ARGUMENTS, "--torch_compile",
+                      "--torch_compile_backend", "cudagraphs")
+    assert compiled_step_callbacks(parse_arguments(argv).training)  # the buffers are in this run
+    first, last = tmp_path / "checkpoint-3", tmp_path / "checkpoint-6"
+    assert kill_after_checkpoint(entry_command(argv), first / COMPLETE_MARKER) < 0
+    assert not (last / COMPLETE_MARKER).exists()
+    assert run_in_process(argv) == 0
+    assert logged_losses(last) == logged_losses(dealt_canvas_reference_run / last.name)
+    weights, expected = final_weights(tmp_path), final_weights(dealt_canvas_reference_run)
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
 @pytest.mark.parametrize(("flags", "captured"), [
