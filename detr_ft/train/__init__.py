@@ -5,6 +5,7 @@
     run_folder.py  one run per output dir: the lock, the same-run check
     devices.py     where the device is chosen: HPU (GaudiTrainer), CUDA or CPU (Trainer)
     trainer_loss.py  both trainers compute the loss from a label-free forward
+    compiled_step.py  --torch_compile on the whole step but the matcher; CUDA graphs' rules
     optimizer.py   parameter groups and the optimizer
     checkpoints.py complete checkpoints only; which one to resume from
     map_history.py eval_history.json: mAP at every checkpoint interval
