@@ -18,7 +18,7 @@ import torch
 from bench.compile_warmup import compile_warmup
 from bench.run_bench import MAX_CANVAS_SHAPES, MAX_MAP_DIFF, QUICK, eager_epoch
 from bench.training_step import forward_and_loss
-from bench.workload import CANVAS_PATHS, IMAGE_BUCKETS, PATHS, build_model, make_batches, make_samples
+from bench.workload import CANVAS_PATHS, IMAGE_BUCKETS, PATHS, build_model, make_batches, make_samples, step_loss
 from detr_ft.data.canvases import choose_canvases
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.train.sync_audit import HostSyncCounter
@@ -120,7 +120,7 @@ def test_reported_syncs_are_what_the_sync_audit_counts_on_the_same_steps(quick_r
         model = build_model(QUICK.workload, path)
         with HostSyncCounter() as counter:
             for batch in quick_batches[path][:QUICK.sync_steps]:
-                model(**batch).loss.backward()
+                step_loss(model, batch).backward()
         assert results["syncs_per_step"][path] == counter.count / QUICK.sync_steps, path
         assert results["syncs_by_op"][path] == {op: n / QUICK.sync_steps for op, n in counter.by_op.items()}, path
     assert results["syncs_per_step"]["ours"] == 1 and results["syncs_per_step"]["stock"] >= 14
