@@ -17,7 +17,7 @@ canvases + 2 x buckets graphs, and none after (tests/test_compiled_step.py count
 CUDA graphs come with two rules the project enforces:
 - Gradient accumulation: a captured backward writes the parameters' gradients into the graphs' memory pool, which the
   next micro-batch's replay overwrites; a .grad left pointing there would accumulate into overwritten memory (torch
-  raises, older versions silently trained on wrong gradients: pytorch/pytorch#169545). `StableGradBuffers` keeps every
+  raises where it notices: pytorch/pytorch#169545). `StableGradBuffers` keeps every
   trainable parameter's .grad in memory allocated outside the graphs, zeroed in place after each optimizer step, so
   backward accumulates into it (the fix torch's own error message names). Without accumulation the gradients are
   read by the optimizer before the next replay, and the callback is not needed.

@@ -5,8 +5,9 @@ evaluation's labels, as methods of one mixin shared by transformers' Trainer and
     loss, loss_dict = criterion(outputs, labels)        # detr_ft/model/criterion.py: matcher and loss
 
 What `--torch_compile`, CUDA graphs or HPU graphs (`--use_hpu_graphs_for_training`) capture is that forward alone,
-without the matcher. The loss is a per-batch mean, as the model's own was: the Trainer divides it by the gradient
-accumulation steps.
+without the matcher (`--torch_compile` compiles the criterion's device parts apart: train/compiled_step.py). 8-bit
+pixel_values (`--normalize_on_device`) are normalised here, on the device, before the forward. The loss is a
+per-batch mean, as the model's own was: the Trainer divides it by the gradient accumulation steps.
 """
 
 from __future__ import annotations
