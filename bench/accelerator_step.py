@@ -92,7 +92,8 @@ def synchronize(device: str) -> None:
 
 class PathStep:
     """One training step of `path` on `model`: `loss(batch)` (forward and loss, no backward) and `step(batch)` (loss,
-    backward, clipping, AdamW, gradients set to None)."""
+    backward, clipping, on our paths the finite-loss guard's read of the loss (`--check_finite_loss`, on by default),
+    AdamW, gradients set to None)."""
 
     def __init__(self, path: str, model: torch.nn.Module, device: str, backend: str):
         self.path, self.model, self.device_type = path, model, torch.device(device).type
@@ -120,6 +121,8 @@ class PathStep:
         loss = self.loss(batch)  # ()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, MAX_GRAD_NORM)
+        if self.path != "stock" and not torch.isfinite(loss):  # the finite-loss guard's one read, as ours trains
+            raise FloatingPointError(f"{self.path}: a non-finite loss")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
