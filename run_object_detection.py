@@ -86,6 +86,11 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
         last_step,
         resume_checkpoint,
     )
+    from detr_ft.train.compiled_step import (
+        compiled_criterion_settings,
+        compiled_step_callbacks,
+        criterion_compile_options,
+    )
     from detr_ft.train.ddp_buffers import BroadcastBuffersBeforeEvaluation
     from detr_ft.train.devices import compile_settings
     from detr_ft.train.flag_checks import check_batch_fits
@@ -127,7 +132,8 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
     trainer = build_trainer(
         args.device, training,
         model=model,
-        criterion=build_criterion(model, padded_targets=bool(data.bucket_sizes)),
+        criterion=build_criterion(model, padded_targets=bool(data.bucket_sizes),
+                                  compile_options=criterion_compile_options(training, device_type)),
         finite_guard=NonFiniteLossGuard(training.output_dir, shapes.skip_nonfinite_batches, data.train_image_names)
         if shapes.check_finite_loss else None,
         train_sampler=data.train_sampler(training.per_device_train_batch_size * training.world_size,
@@ -142,7 +148,7 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
         preprocess_logits_for_metrics=DetectionRows(model),
         optimizers=(run_optimizer(model, model_args, training, from_scratch, on_hpu=device_type == "hpu"), None),
         callbacks=[MapHistoryCallback(training.output_dir), CheckpointCompleteCallback(),
-                   BroadcastBuffersBeforeEvaluation(), run_summary],
+                   BroadcastBuffersBeforeEvaluation(), *compiled_step_callbacks(training), run_summary],
     )
     apply_trainer_patches(trainer)
     run_summary.name_stack(trainer, args.device)
@@ -155,7 +161,8 @@ def train(device_type: str, args: RunArguments, run_arguments: dict) -> int:
                                               "damaged: saving it from there", checkpoint, end)
             trainer._load_from_checkpoint(checkpoint)  # the Trainer's own resume loader (patched on 5.x)
         else:
-            with run_summary.host_sync_audit(), compile_settings(training, data.canvases):
+            with (run_summary.host_sync_audit(), compile_settings(training, data.canvases),
+                  compiled_criterion_settings(len(data.bucket_sizes or []))):
                 trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         if data.test is not None:

@@ -13,8 +13,9 @@ Measures (medians of interleaved repeats where timed):
   epoch's batches, eager images/s, graphs and compile warm-up over the epoch, and their ratios to the square and stock;
 - regional_compile: graphs and compile warm-up of stock and K = 3 with `model.model` compiled by regions (accelerate's
   `compile_regions`, as `ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=1` has the Trainer do), against the whole compile;
-- loader: images/s of the real data path (`DetectionDataset` with augmentation on CPPE-5's test split at the bench's
-  image size, the collator, a DataLoader with the default workers of `--dataloader_num_workers`) next to the step's;
+- loader: images/s of the real data path (bench/loader_speed.py: `DetectionDataset` with augmentation on CPPE-5's test
+  split at the bench's image size, the collator, a DataLoader with the default workers of `--dataloader_num_workers`)
+  next to the steps', and its ratio to the fastest step's;
 - matcher_ms_per_step: transformers' HungarianMatcher once per decoder layer (as its loss calls it) against our
   `hungarian_match` of all layers at once, on the same model outputs;
 - map_eval_s: pycocotools against our `coco_map` (bench/map_eval.py);
@@ -37,7 +38,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ from transformers import HfArgumentParser
 from transformers.loss.loss_for_object_detection import HungarianMatcher
 
 from bench.compile_warmup import compile_warmup_isolated
+from bench.loader_speed import loader_images_per_s
 from bench.map_eval import compare_map_evaluation
 from bench.training_step import forward_and_loss
 from bench.workload import (
@@ -60,6 +61,7 @@ from bench.workload import (
     step_loss,
     train_step,
 )
+from detr_ft.data.loader_workers import default_dataloader_workers
 from detr_ft.data.padding import DetectionCollator
 from detr_ft.model.matcher import hungarian_match
 from detr_ft.train.sync_audit import HostSyncCounter
@@ -177,29 +179,13 @@ def eager_epoch(workload: Workload, every: int, chunks: int, paths: tuple[str, .
             for path, (_, _, batches, timed) in runs.items()}
 
 
-def loader_images_per_s(workload: Workload, epochs: int) -> dict | None:
-    """Images/s of the training data path on CPPE-5's test split (decode, augment, resize to the bench's image size,
-    normalise, collate) with the default DataLoader workers; None without the split."""
+def cppe5_loader(workload: Workload, epochs: int) -> dict | None:
+    """`loader_images_per_s` on CPPE-5's test split at the workload's image size and batch, with the default
+    DataLoader workers of `--dataloader_num_workers`; None without the split."""
     if not (CPPE5_TEST / "annotations" / "test.json").exists():
         return None
-    from detr_ft.data.augmentation import train_augmentation
-    from detr_ft.data.dataset import DetectionDataset
-    from detr_ft.data.labels import ClassMapping
-    from detr_ft.data.loader_workers import default_dataloader_workers
-    from detr_ft.data.padding import DetectionCollator
-    from detr_ft.data.sources import load_coco_folder
-
-    split = load_coco_folder(CPPE5_TEST, "test")
-    dataset = DetectionDataset(split, ClassMapping.from_categories(split.coco["categories"]).category_to_label,
-                               workload.image_size, train_augmentation())
-    workers = default_dataloader_workers()
-    loader = torch.utils.data.DataLoader(dataset, workload.batch_size, shuffle=True, num_workers=workers,
-                                         collate_fn=DetectionCollator(workload.image_size), drop_last=True)
-    start, images = time.perf_counter(), 0
-    for _ in range(epochs):
-        for batch in loader:
-            images += len(batch["pixel_values"])
-    return {"workers": workers, "images": images, "images_per_s": images / (time.perf_counter() - start)}
+    return loader_images_per_s(CPPE5_TEST, "test", workload.image_size, workload.batch_size,
+                               default_dataloader_workers(), epochs)
 
 
 @torch.no_grad()
@@ -236,47 +222,35 @@ def matcher_ms_per_step(workload: Workload, batches: int, repeats: int) -> dict[
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def matcher_step_ms(
-    workload: Workload, target_slots: int, repeats: int, device: str = "cpu", captured: dict | None = None,
-) -> dict:
-    """Median ms of one training step (forward without labels, criterion on its outputs with the host matcher,
-    backward: bench/training_step.py) on one batch of `workload` with targets padded to `target_slots`: eager, and
-    with `captured` (torch.compile options, e.g. mode="reduce-overhead": CUDA graphs) the step with the forward
-    compiled by them. Each step's loss (the same dropout masks) and the eager step's host reads (`HostSyncCounter`)
-    come with it."""
-    model = build_model(workload, "ours").to(device)
+def matcher_step_ms(workload: Workload, target_slots: int, repeats: int) -> dict:
+    """Median ms of one eager training step (forward without labels, criterion on its outputs with the host matcher,
+    backward: bench/training_step.py) on one batch of `workload` with targets padded to `target_slots`, with its loss
+    (the same dropout masks every step) and its host reads (`HostSyncCounter`)."""
+    model = build_model(workload, "ours")
     samples = make_samples(workload)[:workload.batch_size]
     batch = DetectionCollator(workload.image_size, [target_slots])(samples)
-    batch = {**{k: batch[k].to(device) for k in ("pixel_values", "pixel_mask")},
-             "labels": {k: v.to(device) for k, v in batch["labels"].items()}}
-    steps = {"eager": partial(forward_and_loss, model)}
-    if captured is not None:
-        steps["captured"] = partial(forward_and_loss, model, forward=torch.compile(model, **captured))
 
-    def train_step(step) -> torch.Tensor:
+    def train_step() -> torch.Tensor:
         torch.manual_seed(workload.seed)  # the same dropout masks in every step
-        loss = step(batch)  # ()
+        loss = forward_and_loss(model, batch)  # ()
         loss.backward()
         model.zero_grad(set_to_none=True)
         return loss.detach()
 
-    losses, warmup_s = {}, {}
-    for name, step in steps.items():
-        start = time.perf_counter()
-        losses[name] = float(train_step(step))  # the compile's warm-up too
-        warmup_s[name] = time.perf_counter() - start
-        train_step(step)  # CUDA graphs record on the second call
-    with HostSyncCounter() as counter:  # compiled code does not run under the counter's dispatch mode
-        train_step(steps["eager"])
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    start = time.perf_counter()
+    loss = float(train_step())
+    first_step_s = time.perf_counter() - start
+    with HostSyncCounter() as counter:
+        train_step()
+    times = []
     for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            float(train_step(step))  # waits for the device
-            times[name].append(1000 * (time.perf_counter() - start))
+        start = time.perf_counter()
+        train_step()
+        times.append(1000 * (time.perf_counter() - start))
     return {"batch": workload.batch_size, "target_slots": target_slots,
-            "ms_per_step": {name: statistics.median(values) for name, values in times.items()},
-            "loss": losses, "host_reads_per_step": {"eager": counter.count}, "first_step_s": warmup_s}
+            "ms_per_step": {"eager": statistics.median(times)}, "loss": {"eager": loss},
+            "host_reads_per_step": {"eager": counter.count},
+            "first_step_s": {"eager": first_step_s}}
 
 
 def machine_info() -> dict:
@@ -307,24 +281,6 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("inf")
 
 
-def judge_goals(results: dict) -> dict[str, dict]:
-    """The issue's goals, each with its target, the measured value and whether it is met."""
-    syncs, compiles = results["syncs_per_step"], results["recompiles"]
-    return {
-        "syncs": {"target": "ours == 1 and stock >= 14", "value": [syncs["stock"], syncs["ours"]],
-                  "met": syncs["ours"] == 1 and syncs["stock"] >= 14},
-        "recompiles": {"target": "ours == number of buckets (1)", "value": compiles["ours"],
-                       "met": compiles["ours"] == results["num_buckets"]},
-        "eager_ratio": {"target": "ours / stock >= 1.0", "value": results["eager_ratio"],
-                        "met": results["eager_ratio"] >= 1.0},
-        "compile_warmup": {"target": "stock / ours >= 5", "value": results["compile_warmup_speedup"],
-                           "met": results["compile_warmup_speedup"] >= 5},
-        "map_eval": {"target": "pycocotools / ours >= 5 and max abs diff <= 1e-4",
-                     "value": [results["map_eval_speedup"], results["map_max_abs_diff"]],
-                     "met": results["map_eval_speedup"] >= 5 and results["map_max_abs_diff"] <= MAX_MAP_DIFF},
-    }
-
-
 def compile_over_epoch(workload: Workload, path: str, sizes: BenchSizes, regional: bool = False) -> dict:
     """Graphs and compile warm-up of `path` over the epoch (bench/compile_warmup.py; by regions if `regional`),
     scaled from the shapes compiled to the epoch's shapes where fewer were compiled (stock); `estimated` says whether
@@ -335,31 +291,6 @@ def compile_over_epoch(workload: Workload, path: str, sizes: BenchSizes, regiona
     return {"graphs": round(run["compilations"] * scale), "warmup_s": run["warmup_s"] * scale,
             "graph_breaks": run["graph_breaks"], "image_shapes": run["epoch_image_shapes"],
             "shapes_compiled": run["image_shapes"], "estimated": scale > 1}
-
-
-def judge_canvas_goals(results: dict) -> dict[str, dict]:
-    """Issue 14's goals for the recommended K (the faster of k2 and k3) and the loader."""
-    paths, ratios = results["canvas_paths"], results["canvas_ratios"]
-    best = max(("k2", "k3"), key=lambda path: paths[path]["images_per_s"])
-    canvases = paths[best]["compile_image_shapes"]  # at the compile runs' size
-    goals = {
-        "recommended": {"target": "the faster of k2 and k3", "value": best, "met": True},
-        "eager_vs_square": {"target": ">= 1.3", "value": ratios[best]["eager_vs_square"],
-                            "met": ratios[best]["eager_vs_square"] >= 1.3},
-        "eager_vs_stock": {"target": ">= 1.2", "value": ratios[best]["eager_vs_stock"],
-                           "met": ratios[best]["eager_vs_stock"] >= 1.2},
-        "graphs": {"target": "<= canvases x buckets (1)", "value": paths[best]["compile_graphs"],
-                   "met": paths[best]["compile_graphs"] <= canvases},
-        "compile_warmup": {"target": "stock / path >= 10", "value": ratios[best]["compile_warmup_stock_over_path"],
-                           "met": ratios[best]["compile_warmup_stock_over_path"] >= 10},
-    }
-    loader = results["loader"]
-    if loader:
-        consumed = max(loader["step_images_per_s"].values())
-        goals["loader"] = {"target": "loader >= 2 x the fastest step's images/s",
-                           "value": ratio(loader["images_per_s"], consumed),
-                           "met": loader["images_per_s"] >= 2 * consumed}
-    return goals
 
 
 def measure_canvas_paths(sizes: BenchSizes, results: dict) -> dict:
@@ -377,7 +308,7 @@ def measure_canvas_paths(sizes: BenchSizes, results: dict) -> dict:
     eager_workload = replace(workload, image_size=sizes.canvas_eager_image_size)
     eager = eager_epoch(eager_workload, sizes.eager_every, sizes.eager_chunks)
     progress("loader")
-    results.update(canvas_summary(compiles, eager, loader_images_per_s(eager_workload, sizes.loader_epochs)))
+    results.update(canvas_summary(compiles, eager, cppe5_loader(eager_workload, sizes.loader_epochs)))
     results["regional_compile"] = regional_summary(compiles, regional)
     return compiles
 
@@ -393,9 +324,10 @@ def regional_summary(compiles: dict, regional: dict) -> dict:
 
 
 def canvas_summary(compiles: dict, eager: dict, loader: dict | None) -> dict:
-    """canvas_paths (each path's eager and compile measures), canvas_ratios, loader (with the steps' images/s beside
-    it) and canvas_goals, from the measures of every path in CANVAS_PATHS."""
-    summary = {
+    """canvas_paths (each path's eager and compile measures), canvas_ratios and loader (with the steps' images/s
+    beside it, and its own over the fastest step's), from the measures of every path in CANVAS_PATHS."""
+    steps = {path: eager[path]["images_per_s"] for path in CANVAS_PATHS}
+    return {
         "canvas_paths": {path: {**eager[path], **{f"compile_{k}": v for k, v in compiles[path].items()}}
                          for path in CANVAS_PATHS},
         "canvas_ratios": {path: {
@@ -403,11 +335,9 @@ def canvas_summary(compiles: dict, eager: dict, loader: dict | None) -> dict:
             "eager_vs_stock": ratio(eager[path]["images_per_s"], eager["stock"]["images_per_s"]),
             "compile_warmup_stock_over_path": ratio(compiles["stock"]["warmup_s"], compiles[path]["warmup_s"]),
         } for path in CANVAS_PATHS},
-        "loader": loader and {**loader, "step_images_per_s": {path: eager[path]["images_per_s"]
-                                                              for path in CANVAS_PATHS}},
+        "loader": loader and {**loader, "step_images_per_s": steps,
+                              "over_fastest_step": ratio(loader["images_per_s"], max(steps.values()))},
     }
-    summary["canvas_goals"] = judge_canvas_goals(summary)
-    return summary
 
 
 def run(sizes: BenchSizes, gaudi_python: str, only: str = "") -> dict:
@@ -446,7 +376,6 @@ def run(sizes: BenchSizes, gaudi_python: str, only: str = "") -> dict:
         results["map_eval_images"], results["map_eval_detections"] = map_eval["images"], map_eval["detections"]
         results["map"] = map_eval["map"]
         results["map_max_abs_diff"] = map_eval["max_abs_diff"]
-        results["goals"] = judge_goals(results)
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     results["total_s"] = time.perf_counter() - start
     results["total_cpu_s"] = cpu_seconds() - start_cpu
@@ -454,32 +383,26 @@ def run(sizes: BenchSizes, gaudi_python: str, only: str = "") -> dict:
 
 
 def format_table(results: dict) -> str:
-    """Markdown table: one row per measure with stock, ours, ours' speed-up for timings, and the issue's goal."""
-    goals = results["goals"]
+    """Markdown table: one row per measure with stock, ours and, for timings and rates, ours' speed-up."""
     rows = [
-        ("host syncs per step", results["syncs_per_step"], "{:.0f}", None, goals["syncs"]),
-        (f"graph compilations, {results['compile_warmup_steps']} steps", results["recompiles"], "{:d}", None,
-         goals["recompiles"]),
-        (f"compile warm-up s, {results['compile_warmup_steps']} steps", results["compile_warmup_s"], "{:.1f}",
-         "time", goals["compile_warmup"]),
-        ("eager steps/s", results["eager_steps_per_s"], "{:.3f}", "rate", goals["eager_ratio"]),
-        ("matcher ms per step", results["matcher_ms_per_step"], "{:.1f}", "time", None),
-        (f"mAP eval s, {results['map_eval_images']} images", results["map_eval_s"], "{:.1f}", "time",
-         goals["map_eval"]),
+        ("host syncs per step", results["syncs_per_step"], "{:.0f}", None),
+        (f"graph compilations, {results['compile_warmup_steps']} steps", results["recompiles"], "{:d}", None),
+        (f"compile warm-up s, {results['compile_warmup_steps']} steps", results["compile_warmup_s"], "{:.1f}", "time"),
+        ("eager steps/s", results["eager_steps_per_s"], "{:.3f}", "rate"),
+        ("matcher ms per step", results["matcher_ms_per_step"], "{:.1f}", "time"),
+        (f"mAP eval s, {results['map_eval_images']} images", results["map_eval_s"], "{:.1f}", "time"),
     ]
     gaudi = results["gaudi_stack"]
     if "syncs_per_step" in gaudi:
-        gaudi_goal = {"target": "ours == 1", "met": gaudi["syncs_per_step"]["ours"] == 1}
         rows.insert(1, (f"host syncs per step, Gaudi stack (transformers {gaudi['stack']['transformers']})",
-                        gaudi["syncs_per_step"], "{:.0f}", None, gaudi_goal))
-    lines = ["| measure | stock | ours | ours' speed-up | goal met |", "| --- | ---: | ---: | ---: | --- |"]
-    for name, values, number, unit, goal in rows:
+                        gaudi["syncs_per_step"], "{:.0f}", None))
+    lines = ["| measure | stock | ours | ours' speed-up |", "| --- | ---: | ---: | ---: |"]
+    for name, values, number, unit in rows:
         stock = values["pycocotools" if "pycocotools" in values else "stock"]
         ours = values["ours"]
         speedup = {"time": ratio(stock, ours), "rate": ratio(ours, stock)}.get(unit)
         versus = "" if speedup is None else f"{speedup:.2f}x"
-        met = "" if goal is None else ("yes" if goal["met"] else "no") + f" ({goal['target']})"
-        lines.append(f"| {name} | {number.format(stock)} | {number.format(ours)} | {versus} | {met} |")
+        lines.append(f"| {name} | {number.format(stock)} | {number.format(ours)} | {versus} |")
     if "skipped" in gaudi:
         lines.append(f"\nGaudi stack skipped: {gaudi['skipped']}")
     step = results["matcher_step"]
@@ -534,10 +457,8 @@ def format_canvas_table(results: dict) -> str:
     loader = results["loader"]
     if loader:
         lines.append(f"loader: {loader['images_per_s']:.1f} images/s with {loader['workers']} workers (CPPE-5 test "
-                     f"split, augmented, at {eager_px} px)")
-    goals = results["canvas_goals"]
-    lines += [f"goal {name}: {goal['value'] if isinstance(goal['value'], str) else round(goal['value'], 3)} "
-              f"({goal['target']}): {'met' if goal['met'] else 'not met'}" for name, goal in goals.items()]
+                     f"split, augmented, at {eager_px} px), {loader['over_fastest_step']:.2f}x the fastest path's "
+                     "eager images/s")
     if results["only"] == "canvas":
         machine = results["machine"]
         lines.append(f"{machine['cpu_count']} x {machine['processor']}, torch {machine['torch']}, load average "

@@ -70,6 +70,7 @@ class Workload:
     num_queries: int = 100
     backbone_width: int = 32
     resnet50: bool = False  # ResNet-50 (as DETR-R50) instead of the small ResNet of backbone_width: for accelerators
+    dropout: float = 0.1  # DETR's; 0 makes a compiled step compute the eager one's function (bench/accelerator_step.py)
     seed: int = 0
 
 
@@ -85,7 +86,7 @@ def detr_config(workload: Workload) -> DetrConfig:
         encoder_layers=workload.encoder_layers, decoder_layers=workload.decoder_layers,
         encoder_attention_heads=workload.attention_heads, decoder_attention_heads=workload.attention_heads,
         encoder_ffn_dim=workload.ffn_dim, decoder_ffn_dim=workload.ffn_dim, num_queries=workload.num_queries,
-        num_labels=NUM_LABELS, auxiliary_loss=True,
+        num_labels=NUM_LABELS, auxiliary_loss=True, dropout=workload.dropout,
     )
 
 
@@ -111,8 +112,10 @@ def epoch_sizes(workload: Workload) -> list[tuple[int, int]]:
     return [repeated[i] for i in np.random.default_rng(workload.seed).permutation(count)]
 
 
-def make_samples(workload: Workload) -> list[dict[str, torch.Tensor]]:
-    """batches_per_epoch * batch_size samples: pixel_values (3, h, w), class_labels (n,), boxes (n, 4), image_index."""
+def make_samples(workload: Workload, uint8_pixels: bool = False) -> list[dict[str, torch.Tensor]]:
+    """batches_per_epoch * batch_size samples: pixel_values (3, h, w), class_labels (n,), boxes (n, 4), image_index.
+    Pixels are standard normal noise, as if normalised, or with `uint8_pixels` uniform 8-bit noise, as
+    `DetectionDataset` yields them for `--normalize_on_device`."""
     rng = np.random.default_rng(workload.seed)
     samples = []
     for index, (stored_width, stored_height) in enumerate(epoch_sizes(workload)):
@@ -120,8 +123,10 @@ def make_samples(workload: Workload) -> list[dict[str, torch.Tensor]]:
         count = int(np.clip(round(np.exp(rng.normal(np.log(MEDIAN_OBJECTS), 0.8))), 1, MAX_OBJECTS))
         sizes = rng.uniform(0.05, 0.5, (count, 2))  # (n, 2) normalized (w, h)
         centers = rng.uniform(sizes / 2, 1 - sizes / 2)  # (n, 2) normalized (cx, cy)
+        pixels = (rng.integers(0, 256, (3, height, width), dtype=np.uint8) if uint8_pixels
+                  else rng.standard_normal((3, height, width), dtype=np.float32))  # (3, h, w)
         samples.append({
-            "pixel_values": torch.from_numpy(rng.standard_normal((3, height, width), dtype=np.float32)),  # (3, h, w)
+            "pixel_values": torch.from_numpy(pixels),  # (3, h, w)
             "class_labels": torch.from_numpy(rng.integers(0, NUM_LABELS, count)),  # (n,)
             "boxes": torch.from_numpy(np.concatenate([centers, sizes], 1).astype(np.float32)),  # (n, 4)
             "image_index": torch.tensor(index),

@@ -49,6 +49,9 @@ class DataArguments:
     image_size: int | None = flag(None, "Images are resized to fit image_size x image_size; default: 800, or the "
                                         "preset's.", defines_run=True)
     augment: bool = flag(True, "Flip, colour jitter and bbox-safe crop on train.")
+    normalize_on_device: bool = flag(False, "Training images leave the data loader as 8-bit and are normalised on the "
+                                            "training device: a quarter of the bytes to collate, pin and copy; the "
+                                            "same pixels, bit for bit.")
     max_image_pixels: int | None = flag(None, "Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, default "
                                               "89478485): raise it for trusted images larger than twice that.")
     allow_external_images: bool = flag(False, "Read json file_names that are absolute or leave images/ through ../.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,61 @@ def tiny_detr():
                                                  num_labels=num_labels))
 
     return model
+
+
+class CompiledGraphRuns:
+    """Stands in for a dynamo backend the Trainer looks up by name (`--torch_compile_backend eager`): it hands each
+    graph to the real one and records per graph its frame (dynamo's frame id: one per compiled function, which
+    compiles a graph per input shape) and, per run of a compiled graph with grad enabled (training), the graph's
+    number and the shape of its first 4-d input (images, feature maps, or the criterion's (L, B, Q, C+1) logits;
+    graphs without one are not recorded). `symbolic` holds the graphs compiled for symbolic (dynamic) sizes."""
+
+    def __init__(self, backend: Callable) -> None:
+        self.backend = backend
+        self.graphs = 0
+        self.frames: list[int] = []  # the frame of each graph
+        self.symbolic: list[int] = []
+        self.training_runs: list[tuple[int, tuple[int, ...]]] = []
+
+    def __call__(self, graph_module: torch.fx.GraphModule, example_inputs: list):
+        graph, compiled = self.graphs, self.backend(graph_module, example_inputs)
+        self.graphs += 1
+        self.frames.append(graph_module.meta["dynamo_compile_id"].frame_id)
+        if any(isinstance(value, torch.SymInt) for value in example_inputs):
+            self.symbolic.append(graph)
+
+        def run(*args):
+            images = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4), None)
+            if torch.is_grad_enabled() and images is not None:
+                self.training_runs.append((graph, tuple(images.shape)))
+            return compiled(*args)
+        return run
+
+    def graphs_per_frame(self) -> list[int]:
+        """How many graphs each compiled function has, in the order the functions were first compiled."""
+        return [self.frames.count(frame) for frame in dict.fromkeys(self.frames)]
+
+
+@pytest.fixture
+def record_compiled_graphs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], CompiledGraphRuns]]:
+    """`record_compiled_graphs(name)`: a `CompiledGraphRuns` standing in for dynamo's backend `name` for the test;
+    dynamo's caches are emptied before and after."""
+    from torch._dynamo.backends import registry
+
+    def record(name: str) -> CompiledGraphRuns:
+        recorder = CompiledGraphRuns(registry.lookup_backend(name))
+        monkeypatch.setitem(registry._COMPILER_FNS, name, recorder)  # what lookup_backend(name) returns
+        return recorder
+
+    torch._dynamo.reset()
+    yield record
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def compiled_graph_runs(record_compiled_graphs) -> CompiledGraphRuns:
+    """`record_compiled_graphs("eager")`: the capture of --torch_compile without a compiler's code generation."""
+    return record_compiled_graphs("eager")
 
 
 ENCODER_LAYERS, DECODER_LAYERS = 6, 2  # stock_detr's

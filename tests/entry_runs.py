@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +48,16 @@ def run_in_process(argv: list[str]) -> int:
 
 def entry_command(argv: list[str]) -> list[str]:
     return [sys.executable, str(ENTRY), *argv]
+
+
+def kill_after_checkpoint(command: list[str], marker, timeout: float = 300.0) -> int:
+    """Start `command`, SIGKILL it as soon as `marker` exists, return its exit code."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    return process.wait()
 
 
 def run_two_processes(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

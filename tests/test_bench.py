@@ -1,5 +1,5 @@
 """`python -m bench.run_bench --quick`: the numbers it reports agree with what the measured code does, and the
-derived ones (ratios, goals, tables) with the reported ones. Timings themselves are not asserted (load).
+derived ones (ratios, tables) with the reported ones. Timings themselves are not asserted (load).
 
 The quick run compiles every path in its own process (slow); the canvas part's eager epoch and one canvas path's
 compilation also run in this process at the quick sizes (seconds), so make test-fast checks them."""
@@ -142,9 +142,9 @@ def test_static_path_compiles_once_per_bucket_and_stock_once_per_image_shape(qui
 
 
 @pytest.mark.slow
-def test_canvas_ratios_and_goals_follow_from_the_reported_numbers(quick_run):
+def test_canvas_ratios_follow_from_the_reported_numbers(quick_run):
     results, printed = quick_run
-    paths, ratios, goals = results["canvas_paths"], results["canvas_ratios"], results["canvas_goals"]
+    paths, ratios = results["canvas_paths"], results["canvas_ratios"]
     for path in CANVAS_PATHS:
         images_per_s = paths[path]["images_per_s"]
         assert ratios[path]["eager_vs_square"] == pytest.approx(images_per_s / paths["ours"]["images_per_s"])
@@ -159,14 +159,13 @@ def test_canvas_ratios_and_goals_follow_from_the_reported_numbers(quick_run):
             results["regional_compile"]["stock"]["warmup_s"] / measured["warmup_s"])
         assert measured["whole_over_regional"] == pytest.approx(paths[path]["compile_warmup_s"] / measured["warmup_s"])
     assert "compiled by regions" in printed
-    best = goals["recommended"]["value"]
-    assert paths[best]["images_per_s"] == max(paths[path]["images_per_s"] for path in ("k2", "k3"))
-    assert goals["eager_vs_square"]["met"] == (ratios[best]["eager_vs_square"] >= 1.3)
-    assert goals["eager_vs_stock"]["met"] == (ratios[best]["eager_vs_stock"] >= 1.2)
-    assert goals["compile_warmup"]["met"] == (ratios[best]["compile_warmup_stock_over_path"] >= 10)
-    if results["loader"]:
-        consumed = max(results["loader"]["step_images_per_s"].values())
-        assert goals["loader"]["met"] == (results["loader"]["images_per_s"] >= 2 * consumed)
+    loader = results["loader"]
+    if loader:
+        steps = {path: paths[path]["images_per_s"] for path in CANVAS_PATHS}
+        assert loader["step_images_per_s"] == steps
+        assert loader["over_fastest_step"] == pytest.approx(loader["images_per_s"] / max(steps.values()))
+        assert f"{loader['over_fastest_step']:.2f}x the fastest path's eager images/s" in printed
+    assert "goal" not in printed and "goal" not in json.dumps(results)  # measurements and ratios, no verdicts
     rows = table_rows(printed, CANVAS_TABLE)
     assert rows["eager vs square"] == [f"{ratios[path]['eager_vs_square']:.2f}x" for path in CANVAS_PATHS]
     eager_px = results["sizes"]["canvas_eager_image_size"]
@@ -193,7 +192,6 @@ def test_ratios_follow_from_the_reported_numbers(quick_run):
     assert results["eager_ratio"] == pytest.approx(eager["ours"] / eager["stock"])
     assert results["compile_warmup_speedup"] == pytest.approx(warmup["stock"] / warmup["ours"])
     assert results["map_eval_speedup"] == pytest.approx(map_seconds["pycocotools"] / map_seconds["ours"])
-    assert results["goals"]["eager_ratio"]["met"] == (results["eager_ratio"] >= 1.0)
 
 
 @pytest.mark.slow

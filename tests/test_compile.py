@@ -1,7 +1,7 @@
 """Compile proofs: a DETR training step whose forward runs without labels and whose loss is the criterion on its
-outputs (bench/training_step.py) compiles without graph breaks but at the host matcher, and recompiles only for a new
-target bucket: the forward is one graph for the whole epoch and the matching costs one per bucket, both
-`fullgraph=True`; the criterion around the matcher breaks the graph only at the matcher's host copy + scipy.
+outputs compiles without graph breaks and recompiles only for a new target bucket: the forward is one graph for the
+whole epoch, and the criterion compiled as `--torch_compile` compiles it (its matching costs and its loss terms, each
+`fullgraph=True`, the host matcher between them) one graph per bucket for each part.
 
 Graphs are counted by dynamo's CompileCounter backend (it traces, counts and runs the graph eagerly: no code
 generation), with `dynamic=False`: every new shape is a new graph, as on HPU and with CUDA graphs.
@@ -20,7 +20,6 @@ from detr_ft.data.labels import ClassMapping
 from detr_ft.data.padding import DetectionCollator, compute_bucket_sizes
 from detr_ft.data.sources import load_coco_folder
 from detr_ft.model.criterion import DetrCriterion
-from detr_ft.model.matcher import host_assignment, matching_costs
 from patches import apply_patches
 
 IMAGE_SIZE, BATCH_SIZE, NUM_BATCHES, NUM_BUCKETS = 64, 2, 12, 3
@@ -78,44 +77,32 @@ def train_epochs(model, step, batches: list[dict], epochs: int) -> list[int]:
 
 
 class CountedCompile:
-    """`torch.compile(function, fullgraph, dynamic=False)` with its own CompileCounter."""
+    """`torch.compile(function, fullgraph=True, dynamic=False)` with its own CompileCounter."""
 
-    def __init__(self, function, fullgraph: bool = True):
+    def __init__(self, function):
         self.counter = CompileCounter()
-        self.compiled = torch.compile(function, fullgraph=fullgraph, dynamic=False, backend=self.counter)
+        self.compiled = torch.compile(function, fullgraph=True, dynamic=False, backend=self.counter)
 
     def __call__(self, *args, **kwargs):
         return self.compiled(*args, **kwargs)
 
 
 @pytest.mark.slow
-def test_host_matcher_step_compiles_around_the_matcher_only(model, epoch, monkeypatch):
-    """The forward is one graph for every batch, the matching costs one per bucket (fullgraph both); the criterion
-    compiled as a whole breaks once per call, at the matcher (scipy on the host), and nowhere else; its pieces around
-    the break are compiled once per bucket too."""
+def test_compiled_step_compiles_the_forward_once_and_each_criterion_part_once_per_bucket(model, epoch):
+    """Over two epochs: the forward one graph for every batch; the criterion's two parts a graph each when a bucket
+    first occurs, never again; no graph break anywhere (fullgraph would raise, and dynamo counts none)."""
     torch._dynamo.reset()
     counters.clear()
     forward = CountedCompile(model)
-    costs = CountedCompile(matching_costs)
-
-    @torch.compiler.disable  # the host copy + scipy: excluded from the compiled region
-    def host_match(logits, pred_boxes, labels, class_cost, bbox_cost, giou_cost):
-        cost = costs(logits, pred_boxes, labels["class_labels"], labels["boxes"], class_cost, bbox_cost, giou_cost)
-        return host_assignment(cost, labels["valid"])  # (L, B, Q)
-
-    monkeypatch.setattr("detr_ft.model.criterion.hungarian_match", host_match)
-    loss = CountedCompile(DetrCriterion(model.config).__call__, fullgraph=False)
+    criterion_graphs = CompileCounter()
+    criterion = DetrCriterion(model.config, {"backend": criterion_graphs})
 
     def step(batch):
-        return loss(forward(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"]), batch["labels"])[0]
+        outputs = forward(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+        return criterion(outputs, batch["labels"])[0]
 
-    step.counter = loss.counter
-    loss_graphs = train_epochs(model, step, epoch, epochs=2)
+    step.counter = criterion_graphs
+    graphs = train_epochs(model, step, epoch, epochs=2)
     assert forward.counter.frame_count == 1
-    assert costs.counter.frame_count == NUM_BUCKETS
-    # the loss: the pieces around the matcher call (how many depends on how deep the call sits), compiled when a
-    # bucket first occurs, the same number for every bucket, never again
-    pieces = loss_graphs[0]
-    assert loss_graphs == [pieces * buckets for buckets in buckets_seen(epoch)] + [pieces * NUM_BUCKETS] * len(epoch)
-    (reason,) = counters["graph_break"]  # one kind of break, however often dynamo met it while tracing
-    assert "torch.compiler.disable" in reason and "host_match" in reason, reason
+    assert graphs == [2 * buckets for buckets in buckets_seen(epoch)] + [2 * NUM_BUCKETS] * len(epoch)
+    assert not counters["graph_break"]

@@ -11,7 +11,6 @@ import os
 import re
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -145,6 +144,18 @@ def test_bf16_and_autocast_both_mean_bf16_autocast(flags):
     assert arguments.bf16 and arguments.use_cpu
 
 
+def test_batches_go_to_a_gpu_pinned_and_without_waiting_for_its_queue():
+    """On CUDA the loader pins batches and accelerate copies them non-blocking; without pinning a non-blocking copy
+    would be a plain one, and on the CPU nothing is copied."""
+    def derived(device_type: str, *flags: str):
+        return training_arguments(device_type, parse_arguments(["--output_dir", "unused", *flags]), [8])
+
+    cuda, cpu = derived("cuda"), derived("cpu")
+    assert cuda.dataloader_pin_memory and cuda.accelerator_config.non_blocking
+    assert not cpu.dataloader_pin_memory and not cpu.accelerator_config.non_blocking
+    assert not derived("cuda", "--dataloader_pin_memory", "false").accelerator_config.non_blocking
+
+
 def test_padded_loss_is_float32_under_bf16_autocast():
     torch.manual_seed(0)
     model = build_model("detr-tiny", {0: "circle", 1: "square", 2: "triangle"})
@@ -191,53 +202,17 @@ def test_bf16_run_trains_under_autocast(synthetic_dir, tmp_path):
 
 
 @pytest.mark.slow  # an entry run
-def test_torch_compile_run_compiles_the_label_free_forward_once(synthetic_dir, tmp_path):
+def test_torch_compile_run_compiles_the_forward_and_each_criterion_part_once(synthetic_dir, tmp_path):
     """dynamo's eager backend: the capture of --torch_compile, without inductor's slow CPU codegen. The trainer calls
     the model without labels (the loss, with the matcher's host copy, runs outside the compiled module), so the
-    forward is one graph with no break, compiled once for every step (static shapes)."""
+    forward is one graph with no break, compiled once for every step (static shapes); the criterion's matching costs
+    and loss terms are a graph each for the one target bucket."""
     summary = run_entry(synthetic_dir, tmp_path, "--torch_compile", "--torch_compile_backend", "eager",
                         "--max_steps", "4")
 
     assert summary["steps"] == 4
     assert math.isfinite(summary["train_loss"])
-    assert summary["graph_compilations"]["torch_compile"] == 1
-
-
-class CompiledGraphRuns:
-    """Stands in for dynamo's "eager" backend, which the Trainer looks up by name (`--torch_compile_backend eager`):
-    it hands each graph to the real one and records, per run of a compiled graph with grad enabled (training), the
-    graph's number and the shape of its first 4-d input (the images or feature maps; graphs without one are not
-    recorded). `symbolic` holds the graphs compiled for symbolic (dynamic) sizes."""
-
-    def __init__(self, eager_backend) -> None:
-        self.eager_backend = eager_backend
-        self.graphs = 0
-        self.symbolic: list[int] = []
-        self.training_runs: list[tuple[int, tuple[int, ...]]] = []
-
-    def __call__(self, graph_module: torch.fx.GraphModule, example_inputs: list):
-        graph, compiled = self.graphs, self.eager_backend(graph_module, example_inputs)
-        self.graphs += 1
-        if any(isinstance(value, torch.SymInt) for value in example_inputs):
-            self.symbolic.append(graph)
-
-        def run(*args):
-            images = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4), None)
-            if torch.is_grad_enabled() and images is not None:
-                self.training_runs.append((graph, tuple(images.shape)))
-            return compiled(*args)
-        return run
-
-
-@pytest.fixture
-def compiled_graph_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[CompiledGraphRuns]:
-    from torch._dynamo.backends import registry
-
-    recorder = CompiledGraphRuns(registry.lookup_backend("eager"))
-    monkeypatch.setitem(registry._COMPILER_FNS, "eager", recorder)  # what lookup_backend("eager") returns
-    torch._dynamo.reset()
-    yield recorder
-    torch._dynamo.reset()
+    assert summary["graph_compilations"]["torch_compile"] == 1 + 2
 
 
 @pytest.mark.slow  # an entry run
@@ -245,12 +220,13 @@ def test_torch_compile_runs_the_compiled_forward_at_every_step_but_the_audited_o
                                                                                     compiled_graph_runs):
     """The host-sync audit runs step 2 under torch dispatch modes. Met by dynamo at the compiled forward's frame,
     they made torch 2.13 skip that frame for good (pytorch/pytorch#190286): steps 2-6 ran eager. The audited step
-    now runs eager on purpose (run_summary.py) and every other step runs the graph compiled at step 1."""
+    now runs eager on purpose (run_summary.py) and every other step runs the graphs compiled at step 1: the forward,
+    the criterion's matching costs and its loss terms (graphs 0, 1, 2)."""
     summary = run_entry(synthetic_dir, tmp_path, "--torch_compile", "--torch_compile_backend", "eager",
                         "--max_steps", "6", "--audit_host_syncs")
 
     assert summary["host_syncs_per_step"] is not None
-    assert [graph for graph, _ in compiled_graph_runs.training_runs] == [0] * 5
+    assert [graph for graph, _ in compiled_graph_runs.training_runs] == [0, 1, 2] * 5
 
 
 @pytest.mark.slow  # an entry run
@@ -261,9 +237,11 @@ def test_torch_compile_on_canvases_compiles_one_static_graph_per_canvas(aspect_r
     summary = run_entry(aspect_ratio_dir, tmp_path, "--image_buckets", "3", "--torch_compile",
                         "--torch_compile_backend", "eager", "--max_steps", "8")
 
+    forward = compiled_graph_runs.frames[0]  # the first function a step compiles
     shapes_of_graph = {}
     for graph, shape in compiled_graph_runs.training_runs:
-        shapes_of_graph.setdefault(graph, set()).add(shape)
+        if compiled_graph_runs.frames[graph] == forward:
+            shapes_of_graph.setdefault(graph, set()).add(shape)
     assert len(shapes_of_graph) == len(summary["image_canvases"]) == 3  # every canvas met in 8 steps
     assert all(len(shapes) == 1 for shapes in shapes_of_graph.values())
     assert compiled_graph_runs.symbolic == []

@@ -7,28 +7,16 @@ A rerun after the final save failed keeps the run summary."""
 import json
 import shutil
 import signal
-import subprocess
-import time
 
 import pytest
 import torch
 from conftest import CANVAS_RUN_ARGUMENTS, DEALT_CANVAS_RUN_ARGUMENTS
-from entry_runs import entry_argv, entry_command, eval_records, final_weights, run_in_process
+from entry_runs import entry_argv, entry_command, eval_records, final_weights, kill_after_checkpoint, run_in_process
 
 from detr_ft.train.checkpoints import COMPLETE_MARKER
 from detr_ft.train.run_summary import SUMMARY_FILE
 
 pytestmark = pytest.mark.slow  # entry runs, one in a subprocess
-
-
-def kill_after_checkpoint(command: list[str], marker, timeout: float = 300.0) -> int:
-    """Start `command`, SIGKILL it as soon as `marker` exists, return its exit code."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    return process.wait()
 
 
 def summary(run_dir):

@@ -4,7 +4,8 @@
     validation.py  refuse what has no safe fix, fix and count the rest; the rules for boxes
     size_repair.py an image whose json width x height is not its own, repaired by what its boxes say
     labels.py      the one category id <-> model label <-> name mapping
-    images.py      RGB conversion, EXIF orientation, resize and normalisation (the preprocessing)
+    images.py      RGB conversion, EXIF orientation, resize and normalisation (the preprocessing; on the device
+                   for 8-bit batches)
     augmentation.py  training augmentation
     dataset.py     `DetectionDataset`: pixels and normalised boxes per image
     padding.py     where padding happens: images to one canvas, targets to bucket sizes (the collator)

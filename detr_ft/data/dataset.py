@@ -1,7 +1,7 @@
 """Model samples from a split: pixels as `images.Preprocessing` makes them, and boxes normalised to their image.
 
     image  -> RGB -> augment (train only) -> `Preprocessing.pixels` (resize to fit the image's canvas: long side
-              image_size; ImageNet normalisation)
+              image_size; ImageNet normalisation, or none with `uint8_pixels`: the trainer's, on the device)
     boxes  -> COCO [x, y, w, h] pixels -> normalised (cx, cy, w, h) relative to the unpadded image
 
 Boxes are normalised by the image they belong to, before any padding (the original DETR convention), so
@@ -29,13 +29,16 @@ class DetectionDataset(torch.utils.data.Dataset):
     """Model samples from a `CocoSplit`: pixel_values (3, h, w) with max(h, w) == image_size, plus targets.
 
     `canvases` (H, W) (`detr_ft.data.canvases`; default the image_size square): each image is fitted into the one
-    `canvas_of` names, chosen from its json width and height."""
+    `canvas_of` names, chosen from its json width and height. `uint8_pixels`: pixel_values are the 8-bit pixels,
+    for the trainer to normalise on the device (`images.model_pixels`); else float, normalised."""
 
     def __init__(self, split: CocoSplit, category_to_label: dict[int, int], image_size: int,
-                 augmentation: A.Compose | None = None, canvases: list[Canvas] | None = None):
+                 augmentation: A.Compose | None = None, canvases: list[Canvas] | None = None,
+                 uint8_pixels: bool = False):
         self.split = split
         self.image_size = image_size
         self.preprocessing = Preprocessing(image_size)
+        self.uint8_pixels = uint8_pixels
         self.augmentation = augmentation
         self.objects = clean_objects(split, category_to_label)
         self.canvases = canvases or [(image_size, image_size)]
@@ -73,8 +76,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         size = np.array([image.width, image.height], np.float32)  # (2,)
         centers = (boxes[:, :2] + boxes[:, 2:] / 2) / size  # (n, 2)
         canvas = self.canvases[self.canvas_of[i]]
+        pixels = self.preprocessing.uint8_pixels if self.uint8_pixels else self.preprocessing.pixels
         return {
-            "pixel_values": self.preprocessing.pixels(image, canvas),  # (3, h, w)
+            "pixel_values": pixels(image, canvas),  # (3, h, w) uint8 or float
             "canvas": torch.tensor(canvas),  # (2,) H, W: what the collator pads to
             "class_labels": torch.from_numpy(labels),  # (n,)
             "boxes": torch.from_numpy(np.concatenate([centers, boxes[:, 2:] / size], axis=1)),  # (n, 4)

@@ -8,10 +8,18 @@
 (`DetrImageProcessor`, `ConditionalDetrImageProcessor`, `DeformableDetrImageProcessor`: their preprocessing is one,
 their post-processing the family's), so `pipeline("object-detection", model=checkpoint)` preprocesses as training
 did and scores as the family does; `eval_checkpoints` and inference read it back (`Preprocessing.from_saved`).
+
+With `--normalize_on_device` the training images leave the data loader as 8-bit (`Preprocessing.uint8_pixels`), a
+quarter of the bytes to collate, pin and copy, and the trainer normalises them on the device (`model_pixels`). Both
+ways run `normalize_array`'s float32 math, on the device through a table of its 3 x 256 results
+(`normalization_table`), looked up: the same bits on every device, whatever its division rounds like
+(tests/test_images_on_device.py compares every entry). Evaluation, inference and the saved processor keep the CPU
+path, which gives the training pixels exactly.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +55,16 @@ class Preprocessing:
     def pixels(self, image: Image.Image, canvas: Canvas | None = None) -> torch.Tensor:
         """An RGB image as the model's input: (3, h, w) float fitted into `canvas` (default: the square; see
         `fitted_size`), ImageNet-normalised."""
-        canvas = canvas or (self.image_size, self.image_size)
-        pixels = np.asarray(resize_to_fit(image, canvas), np.float32) / 255.0  # (h, w, 3)
-        pixels = (pixels - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)  # (h, w, 3)
+        pixels = normalize_array(self.resized(image, canvas))  # (h, w, 3)
         return torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # (3, h, w)
+
+    def uint8_pixels(self, image: Image.Image, canvas: Canvas | None = None) -> torch.Tensor:
+        """`pixels` before normalisation: (3, h, w) uint8, for `model_pixels` to normalise on the device."""
+        return torch.from_numpy(self.resized(image, canvas).transpose(2, 0, 1).copy())  # (3, h, w)
+
+    def resized(self, image: Image.Image, canvas: Canvas | None = None) -> np.ndarray:
+        """An RGB image fitted into `canvas` (default: the square): (h, w, 3) uint8."""
+        return np.asarray(resize_to_fit(image, canvas or (self.image_size, self.image_size)))  # (h, w, 3)
 
     def image_processor(self, processor_name: str) -> BaseImageProcessor:
         """The transformers processor `processor_name` (a DETR-family one, e.g. "DetrImageProcessor") set to
@@ -81,6 +95,32 @@ def processor_class(name: str) -> type[BaseImageProcessor]:
     """transformers' image processor `name`: its PIL-based variant on transformers 5 (`name`Pil; the default one
     needs torchvision, and warns), the class itself on 4.55 (the Gaudi stack), where that is the PIL-based one."""
     return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+
+
+def normalize_array(pixels: np.ndarray) -> np.ndarray:
+    """8-bit RGB (..., 3) -> float32 (..., 3): / 255, minus the ImageNet mean, over its std, each a float32 op."""
+    pixels = np.asarray(pixels, np.float32) / 255.0  # (..., 3)
+    return (pixels - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)  # (..., 3)
+
+
+@functools.cache
+def normalization_table(device: torch.device) -> torch.Tensor:
+    """`normalize_array` of every 8-bit value of every channel, flattened channel by channel: (3 * 256,) float32 on
+    `device`."""
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)  # (256, 3)
+    return torch.from_numpy(normalize_array(values).T.copy()).flatten().to(device)  # (3 * 256,)
+
+
+def model_pixels(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """The model's input from a batch: 8-bit pixel_values (B, 3, H, W) normalised where it lies (`pixels`' values,
+    bit for bit) and padding (pixel_mask 0) set to 0, as the collator pads normalised images; float pixel_values are
+    that already and pass through."""
+    if pixel_values.dtype != torch.uint8:
+        return pixel_values
+    channel_offset = torch.arange(0, 3 * 256, 256, device=pixel_values.device)[:, None, None]  # (3, 1, 1)
+    table = normalization_table(pixel_values.device)  # (3 * 256,)
+    normalized = table[pixel_values.long() + channel_offset]  # (B, 3, H, W)
+    return torch.where(pixel_mask[:, None].bool(), normalized, 0.0)  # (B, 3, H, W)
 
 
 def exif_orientation(image: Image.Image) -> int:

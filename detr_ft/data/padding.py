@@ -4,7 +4,9 @@ Images: padded bottom/right with zeros to the canvas the batch's samples were fi
 image_size x image_size square, or the aspect-ratio canvases of `detr_ft.data.canvases`), else the smallest canvas
 holding them, or to the batch's largest image (stock behaviour); `pixel_mask` marks real pixels. The samples' own
 canvas decides, not their size: a shrunk augmented crop may fit a smaller canvas, and with one image per process
-the processes of a step would then train on different canvases than the one the sampler drew.
+the processes of a step would then train on different canvases than the one the sampler drew. 8-bit images
+(`--normalize_on_device`) keep their dtype; `images.model_pixels` normalises them on the device and gives their
+padding the normalised images' 0.
 
 Targets: with buckets, a batch's targets are padded to T = the smallest bucket holding its fullest image and
 returned as one dense dict (class_labels (B, T), boxes (B, T, 4), valid (B, T)); valid objects come first,
@@ -63,7 +65,8 @@ class DetectionCollator:
         heights = [s["pixel_values"].shape[1] for s in samples]
         widths = [s["pixel_values"].shape[2] for s in samples]
         height, width = self.batch_canvas(samples, max(heights), max(widths))
-        pixel_values = torch.zeros(len(samples), 3, height, width)  # (B, 3, H, W)
+        dtype = samples[0]["pixel_values"].dtype  # float (normalised) or uint8 (normalised on the device)
+        pixel_values = torch.zeros(len(samples), 3, height, width, dtype=dtype)  # (B, 3, H, W)
         pixel_mask = torch.zeros(len(samples), height, width, dtype=torch.int64)  # (B, H, W)
         for i, (sample, h, w) in enumerate(zip(samples, heights, widths, strict=True)):
             pixel_values[i, :, :h, :w] = sample["pixel_values"]

@@ -140,7 +140,8 @@ def prepare_data(data: DataArguments, shapes: StaticShapeArguments) -> PreparedD
     canvases = None
     if shapes.pad_images:
         canvases = choose_canvases(train_split.image_sizes(), data.image_size, shapes.image_buckets)
-    train = DetectionDataset(train_split, classes.category_to_label, data.image_size, augmentation, canvases)
+    train = DetectionDataset(train_split, classes.category_to_label, data.image_size, augmentation, canvases,
+                             uint8_pixels=data.normalize_on_device)
     eval_classes = ClassMapping.for_model(classes.id2label, eval_split.coco["categories"])
     if eval_classes != classes:
         logger.info("the eval split numbers the classes otherwise than train: matched by name (%s)",

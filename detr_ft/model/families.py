@@ -136,7 +136,14 @@ def model_family(name_or_path: str, revision: str | None = None) -> Family:
     return FAMILIES[model_type]
 
 
-def build_criterion(model: PreTrainedModel, padded_targets: bool) -> Criterion:
+def build_criterion(model: PreTrainedModel, padded_targets: bool,
+                    compile_options: dict[str, Any] | None = None) -> Criterion:
     """The family's criterion for padded targets (`--pad_objects --num_buckets N`), transformers' own loss for
-    unpadded ones (its `loss_function`: the same for each family's model as its own forward calls)."""
-    return family_of(model.config).criterion(model.config) if padded_targets else TransformersCriterion(model)
+    unpadded ones (its `loss_function`: the same for each family's model as its own forward calls; its shapes change
+    with every batch: never compiled). `compile_options` compiles DETR's criterion's device parts (the focal
+    criterion of the other families runs eager)."""
+    if not padded_targets:
+        return TransformersCriterion(model)
+    if compile_options is not None and family_of(model.config).criterion is DetrCriterion:
+        return DetrCriterion(model.config, compile_options)
+    return family_of(model.config).criterion(model.config)

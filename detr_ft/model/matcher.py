@@ -10,6 +10,10 @@ Costs of every (layer, image) are built on the device as one (layers, B, Q, T) t
 rides along as an extra query row, so one device->host copy is the only host sync. scipy's linear_sum_assignment
 then solves each (layer, image) on its valid columns. As in the stock matcher, an image with more targets than
 queries gets Q of them matched.
+
+Compiled (`DetrCriterion`'s compile_options), the costs come from fused kernels and equal these up to float32
+rounding: an assignment can then differ from the stock one only between pairings whose total costs tie to within that
+rounding, either of which is an optimal matching.
 """
 
 import numpy as np
@@ -27,7 +31,10 @@ def matching_costs(
     logits: Tensor, pred_boxes: Tensor, class_labels: Tensor, boxes: Tensor,
     class_cost: float, bbox_cost: float, giou_cost: float,
 ) -> Tensor:
-    """Cost of matching each query to each target: (L, B, Q, C+1), (L, B, Q, 4), (B, T), (B, T, 4) -> (L, B, Q, T)."""
+    """Cost of matching each query to each target, in float32 whatever the predictions' precision: (L, B, Q, C+1),
+    (L, B, Q, 4), (B, T), (B, T, 4) -> (L, B, Q, T)."""
+    logits, pred_boxes = logits.float(), pred_boxes.float()  # (L, B, Q, C+1), (L, B, Q, 4)
+    boxes = boxes.float()  # (B, T, 4)
     layers, batch_size, num_queries = logits.shape[:3]
     out_prob = logits.softmax(-1)  # (L, B, Q, C+1)
     target_ids = class_labels[None, :, None, :].expand(layers, batch_size, num_queries, -1)  # (L, B, Q, T)

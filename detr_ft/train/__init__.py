@@ -5,6 +5,7 @@ measured. The flags themselves live in detr_ft/config.py.
     devices.py     the device flags and environment, set before habana_frameworks is imported; compile settings
     training_arguments.py  the TrainingArguments (or GaudiTrainingArguments) the project derives for a run
     trainer.py     one trainer mixin owns the step: label-free forward, criterion, sampler, evaluation's labels
+    compiled_step.py  --torch_compile on the whole step but the matcher; CUDA graphs' rules
     hpu_trainer.py transformers' Trainer on Gaudi: lazy-mode steps, fused clipping, HPU graphs
     optimizer.py   parameter groups and the optimizer --optim names
     run_folder.py  one run per output dir: the lock, the same-run check, a finished run left as it is

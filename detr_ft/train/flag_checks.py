@@ -4,7 +4,8 @@ valid value, all refusals in one message (one line for one refused flag).
     check_flags           values out of range; flags that have no effect with the others or contradict them (HPU
                           lazy mode and --torch_compile); flags the project sets itself, when the user set them
                           otherwise; Trainer flags that do not apply to DETR; an --optim transformers cannot build
-                          here; a --model_name_or_path that cannot load (offline: at once, not after the hub's
+                          here; CUDA graphs where they are not supported (train/compiled_step.py); a
+                          --model_name_or_path that cannot load (offline: at once, not after the hub's
                           retries)
     hpu_compile_default   transformers' Trainer on HPU in eager mode: --torch_compile on hpu_backend unless turned off
                           (before check_flags, which reads whether a graph compiler pads the images)
@@ -27,9 +28,11 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from detr_ft.config import AUTO_WORKERS, DeviceArguments, FlagError, RunArguments, StaticShapeArguments
+from detr_ft.launcher import launched_processes
 from detr_ft.model.build import hub_revision
 from detr_ft.model.families import FAMILIES, Family, UnsupportedModelError, model_family
 from detr_ft.model.presets import is_preset, preset_names
+from detr_ft.train.compiled_step import cuda_graph_problems
 from detr_ft.train.devices import trainer_stack
 from detr_ft.train.optimizer import library_optimizer
 from detr_ft.train.training_arguments import PROJECT_SETS, steps_per_epoch
@@ -112,6 +115,7 @@ def check_flags(args: RunArguments) -> None:
         library_optimizer(training)
     except (ValueError, ImportError) as error:
         problems.append(f"--optim {getattr(training.optim, 'value', training.optim)}: {error}")
+    problems += cuda_graph_problems(training, launched_processes())
     problems += model_source_problems(model.model_name_or_path, model.model_revision)
     if len(problems) == 1:
         raise FlagError(problems[0])

@@ -6,8 +6,9 @@ train/hpu_trainer.py) and optimum-habana's GaudiTrainer.
     loss, loss_dict = criterion(outputs, labels)        # detr_ft/model/criterion.py: matcher and loss
 
 What `--torch_compile`, CUDA graphs or HPU graphs (`--use_hpu_graphs_for_training`) capture is that forward alone,
-without the matcher. The loss is a per-batch mean, as the model's own was: the Trainer divides it by the gradient
-accumulation steps.
+without the matcher (`--torch_compile` compiles the criterion's device parts apart: train/compiled_step.py). 8-bit
+pixel_values (`--normalize_on_device`) are normalised here, on the device, before the forward. The loss is a
+per-batch mean, as the model's own was: the Trainer divides it by the gradient accumulation steps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from detr_ft.config import DeviceArguments
+from detr_ft.data.images import model_pixels
 from detr_ft.data.padding import batch_image_index
 from detr_ft.model.criterion import Criterion
 from detr_ft.train.nonfinite_guard import NonFiniteLossGuard
@@ -50,7 +52,8 @@ class DetectionTrainerMixin:
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Tensor | int | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+        pixel_values = model_pixels(inputs["pixel_values"], inputs["pixel_mask"])  # 8-bit ones normalised here
+        outputs = model(pixel_values=pixel_values, pixel_mask=inputs["pixel_mask"])
         if self.criterion is None:
             loss = outputs.logits.new_zeros(())  # ()
         else:

@@ -63,6 +63,9 @@ def training_arguments(device_type: str, args: RunArguments, images_per_canvas: 
         # Pinned host memory speeds up copies to an accelerator; on CPU there is no copy to speed up.
         "dataloader_pin_memory": training.dataloader_pin_memory and device_type != "cpu",
     }
+    if device_type == "cuda" and derived["dataloader_pin_memory"]:
+        # From pinned memory a batch's copy to the GPU need not wait for the GPU's queue to drain first.
+        derived["accelerator_config"] = dataclasses.replace(training.accelerator_config, non_blocking=True)
     if trainer_stack(device) == "hf":
         return dataclasses.replace(training, **derived)
     from optimum.habana import GaudiTrainingArguments
