@@ -218,7 +218,7 @@ def private_mounts(tmp_path_factory) -> None:
         check = subprocess.run(["unshare", "--mount", "sh", "-ec", f"mount -t tmpfs -o size=64k tmpfs {point}"],
                                capture_output=True, text=True)
     except FileNotFoundError:
-        pytest.skip("no unshare (util-linux) here: a read-only or full file system cannot be set up")
+        pytest.skip("no unshare (util-linux) on this machine: a read-only or full file system cannot be set up")
     if check.returncode != 0:
         pytest.skip(f"this machine allows no private mount (unshare --mount, then mount -t tmpfs): "
                     f"{check.stderr.strip()}")
