@@ -227,7 +227,7 @@ class DocChecker:
         for _, span in CODE_SPAN.findall(prose):
             found += self.command_problems(span)
         found += self.bare_flag_problems(CODE_SPAN.sub(" ", prose))
-        return [f"{path.name}: {problem}" for problem in dict.fromkeys(found)]
+        return [f"{path.relative_to(REPO)}: {problem}" for problem in dict.fromkeys(found)]
 
     def path_problems(self, text: str) -> list[str]:
         problems = []
