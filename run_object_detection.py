@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         run_arguments = args.saved(from_scratch=trained_from_scratch(args.model.model_name_or_path))
         lock = claim_run_folder(args.training.output_dir, run_arguments, args.training)
     except FinishedRun as finished:
-        logging.info("%s", finished)
+        logging.getLogger("detr_ft").info("%s", finished)  # the root logger shows WARNING and up only
         return 0
     except (RunArgumentsError, RunFolderError) as error:
         logging.error("%s", error)

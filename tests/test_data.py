@@ -114,7 +114,7 @@ def test_eval_padding_is_a_no_op_on_multiples(synthetic_dir, multiple):
 
 
 def test_hub_split_in_the_cppe5_layout_becomes_a_coco_split():
-    """The hub path cannot reach the hub here: an in-memory datasets split with CPPE-5's features stands in."""
+    """The tests cannot reach the hub: an in-memory datasets split with CPPE-5's features stands in for its split."""
     from datasets import ClassLabel, Dataset, Features, Sequence, Value
     from datasets import Image as ImageFeature
     from PIL import Image

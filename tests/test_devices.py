@@ -81,7 +81,7 @@ def test_habana_without_intel_gaudi_software_is_refused(no_lazy_mode_env):
 def test_without_optimum_habana_habana_trains_with_transformers_trainer_and_gaudi_is_refused():
     assert trainer_stack(device_arguments("--use_habana")) == "hf"
     assert trainer_stack(device_arguments()) == "hf"
-    with pytest.raises(DeviceSettingsError, match="optimum-habana is not installed here"):
+    with pytest.raises(DeviceSettingsError, match="optimum-habana is not installed in this environment"):
         check_device_settings(device_arguments("--trainer", "gaudi"))
 
 
@@ -317,6 +317,6 @@ def test_summary_counts_the_hpu_graphs_compiled_during_training(monkeypatch, tmp
 
 def test_graph_compilations_without_habana_count_only_torch_compile():
     if "habana_frameworks" in sys.modules:
-        pytest.skip("habana_frameworks is importable here")
+        pytest.skip("habana_frameworks is importable in this environment")
     assert hpu_graph_compilations() is None
     assert "hpu" not in graph_compilations()

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output_dir = download_cppe5(args.output_dir, args.url, args.checksum)
     except OSError as error:  # urllib's URLError included: no network, no such file
-        print(f"cannot fetch {args.url}: {error} (offline? copy the archive here and pass --url PATH)",
+        print(f"cannot fetch {args.url}: {error} (offline? copy the archive to this machine and pass --url PATH)",
               file=sys.stderr)
         return 1
     except (ValueError, tarfile.TarError) as error:

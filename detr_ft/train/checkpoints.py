@@ -12,7 +12,7 @@ the ones it skips. The checks are cheap: safetensors headers, json, zip director
 loads at resume (optimizer, scheduler, scaler, RNG states) torch's weights-only unpickler run as the Trainer runs it,
 on a memory map: it reads the pickle and the zip directory, not the tensors, so an optimizer state of any size
 costs little more than its pickle. A pickle that unpickler refuses (one that would run code, say) would stop the
-resumed run with torch's advice to load it unsafely; here it is a damaged file like a truncated one.
+resumed run with torch's advice to load it unsafely; resume counts it as a damaged file, like a truncated one.
 """
 
 from __future__ import annotations

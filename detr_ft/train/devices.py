@@ -5,8 +5,8 @@ compiler settings for fixed image shapes.
 imported, so the variable must agree with --use_lazy_mode before that. Even building TrainingArguments imports it on
 a Gaudi host, so the check reads the device flags alone (`config.device_arguments`). On HPU two trainers can run a
 step (`trainer_stack`): optimum-habana's GaudiTrainer, or transformers' own Trainer with what GaudiTrainer adds to
-a step (train/hpu_trainer.py); a flag only the other one reads is refused here. The trainer and its arguments for
-each device: train/trainer.py and train/training_arguments.py.
+a step (train/hpu_trainer.py); a flag only the other one reads is refused by `check_device_settings`. The trainer
+and its arguments for each device: train/trainer.py and train/training_arguments.py.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def check_device_settings(device: DeviceArguments) -> str:
         raise DeviceSettingsError(f"--use_habana contradicts --device {device.device}: drop one of them")
     stack = trainer_stack(device)
     if stack == "gaudi" and not is_installed("optimum.habana"):
-        raise DeviceSettingsError("--trainer gaudi: optimum-habana is not installed here: run in its venv "
-                                  "(make venv-gaudi, docs/gaudi.md), or use --trainer hf")
+        raise DeviceSettingsError("--trainer gaudi: optimum-habana is not installed in this environment: run in its "
+                                  "venv (make venv-gaudi, docs/gaudi.md), or use --trainer hf")
     hpu_only = [name for name in ("use_lazy_mode", "use_hpu_graphs_for_training", "use_hpu_graphs_for_inference")
                 if getattr(device, name)]
     if hpu_only and not device.use_habana:
@@ -79,8 +79,9 @@ def check_device_settings(device: DeviceArguments) -> str:
             fix += "" if device.use_lazy_mode else ", or add --use_lazy_mode"
             raise DeviceSettingsError(f"PT_HPU_LAZY_MODE={current} in the environment contradicts {mode} mode: {fix}")
         if not is_installed("habana_frameworks"):
-            raise DeviceSettingsError("--use_habana: habana_frameworks (Intel Gaudi software) is not installed here: "
-                                      "train on a Gaudi host, in Intel's PyTorch container (docs/gaudi.md)")
+            raise DeviceSettingsError("--use_habana: habana_frameworks (Intel Gaudi software) is not installed in "
+                                      "this environment: train on a Gaudi host, in Intel's PyTorch container "
+                                      "(docs/gaudi.md)")
         os.environ["PT_HPU_LAZY_MODE"] = wanted
         if device.gaudi_config_name:
             declare_autocast_op_lists(device.gaudi_config_name)

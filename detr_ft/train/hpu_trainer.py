@@ -17,7 +17,7 @@ default op lists), and under torchrun accelerate sets up the process group on Ha
   would turn ModuleCacher's own method into one of the model. The heads (a few Linear layers) run outside the cached
   graph, inside lazy mode's.
 - eager mode: `--torch_compile` on Habana's `hpu_backend` unless turned off (`flag_checks.hpu_compile_default`);
-  what it compiles is the label-free forward, as with every trainer here.
+  what it compiles is the label-free forward, as with every trainer of the project.
 """
 
 from __future__ import annotations
