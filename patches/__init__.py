@@ -36,6 +36,7 @@ import types
 import warnings
 from collections.abc import Callable
 
+import torch
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from torch import nn
@@ -75,6 +76,15 @@ def apply_patch(name: str, module: types.ModuleType, patch, expected: int) -> st
         raise PatchMismatchError(f"patches.{name} patched {patched} modules, expected {expected}: the upstream code it "
                                  "targets has changed; update or delete the patch")
     return name
+
+
+def clamp_overflow_on_device(hidden_states: torch.Tensor) -> torch.Tensor:
+    """The encoder layers' overflow guard with its choice made on the device: `hidden_states` (B, S, d) clamped to the
+    dtype's range less 1000 where any value is not finite, else as it is. Upstream decides with an `if` that reads the
+    host; the values and gradients are the same (the encoder sync patches' tests check each)."""
+    clamp_value = torch.finfo(hidden_states.dtype).max - 1000
+    clamped = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)  # (B, S, d)
+    return torch.where(torch.isfinite(hidden_states).all(), hidden_states, clamped)  # (B, S, d)
 
 
 def swap_forward(model: nn.Module, module_type: type[nn.Module], forward: Callable) -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrEncoderLayer
 
-from patches import swap_forward
+from patches import clamp_overflow_on_device, swap_forward
 
 TESTED = {"transformers": ("==5.24.*",)}
 
@@ -55,7 +55,5 @@ def forward_without_sync(
     hidden_states = self.final_layer_norm(residual + self.mlp(hidden_states))
 
     if self.training:
-        clamp_value = torch.finfo(hidden_states.dtype).max - 1000
-        clamped = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
-        hidden_states = torch.where(torch.isfinite(hidden_states).all(), hidden_states, clamped)
+        hidden_states = clamp_overflow_on_device(hidden_states)  # (B, S, d)
     return hidden_states

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrEncoderLayer
 
-from patches import swap_forward
+from patches import clamp_overflow_on_device, swap_forward
 
 TESTED = {"transformers": ("==4.55.*",)}
 
@@ -60,9 +60,7 @@ def forward_without_sync(
     hidden_states = self.final_layer_norm(residual + hidden_states)  # (B, S, d)
 
     if self.training:
-        clamp_value = torch.finfo(hidden_states.dtype).max - 1000
-        clamped = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)  # (B, S, d)
-        hidden_states = torch.where(torch.isfinite(hidden_states).all(), hidden_states, clamped)  # (B, S, d)
+        hidden_states = clamp_overflow_on_device(hidden_states)  # (B, S, d)
 
     outputs = (hidden_states,)
     if output_attentions:

@@ -15,7 +15,7 @@ from torch import nn
 from transformers.models.conditional_detr.modeling_conditional_detr import ConditionalDetrEncoderLayer
 from transformers.models.detr.modeling_detr import DetrEncoderLayer
 
-from patches import swap_forward
+from patches import clamp_overflow_on_device, swap_forward
 
 TESTED = {"transformers": ("==4.55.*",)}
 
@@ -53,9 +53,7 @@ def forward_without_sync(
     hidden_states = self.final_layer_norm(residual + hidden_states)  # (B, HW, d)
 
     if self.training:
-        clamp_value = torch.finfo(hidden_states.dtype).max - 1000
-        clamped = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)  # (B, HW, d)
-        hidden_states = torch.where(torch.isfinite(hidden_states).all(), hidden_states, clamped)  # (B, HW, d)
+        hidden_states = clamp_overflow_on_device(hidden_states)  # (B, S, d)
 
     outputs = (hidden_states,)
     if output_attentions:

@@ -122,7 +122,7 @@ class TransformersCriterion:
     the stock loss reduces its box count over processes, a collective that all of them must call."""
 
     def __init__(self, model: PreTrainedModel):
-        self.loss_function = model.loss_function
+        self.stock_loss = model.loss_function
         self.config = model.config
 
     def __call__(self, outputs: DetectionOutput, labels: list[dict[str, Tensor]]) -> LossAndTerms:
@@ -130,7 +130,7 @@ class TransformersCriterion:
         if not all_finite(logits, boxes):
             return (logits.sum() + boxes.sum()) * 0 + float("nan"), {}  # () NaN, a zero gradient for every weight
         auxiliary = self.config.auxiliary_loss
-        loss, loss_dict, _ = self.loss_function(
+        loss, loss_dict, _ = self.stock_loss(
             outputs.logits, labels, logits.device, outputs.pred_boxes, self.config,
             logits if auxiliary else None, boxes if auxiliary else None,
         )
