@@ -209,3 +209,21 @@ def test_evaluation_and_inference_follow_the_runs_saved_flag(tmp_path, saved_fla
     split = load_split(settings, "validation")
     assert [(r.file_name, r.repair) for r in split.size_repairs] == [("validation_1.png", JSON_SIZE_SET)]
     assert (split.coco["images"][0]["width"], split.coco["images"][0]["height"]) == (80, 60)
+
+
+@pytest.mark.slow  # an entry run
+def test_a_folder_with_every_fault_trains_through_the_entry_with_its_repairs_logged_and_audited(tmp_path, caplog):
+    """What `make train ARGS="--dataset_dir ..."` runs, on detr-tiny: the run trains on the repaired images, the log
+    names each kind of repair, and size_repairs.json in the run folder lists them, the eval split's too."""
+    from entry_runs import entry_argv, run_in_process
+
+    folder = folder_with_every_fault(tmp_path / "data")
+    with caplog.at_level(logging.WARNING):
+        assert run_in_process(entry_argv(folder, tmp_path / "run", "--max_steps", "2")) == 0
+
+    assert all(words in caplog.text for words in size_repair.KIND_NAMES.values())
+    rows = json.loads((tmp_path / "run" / size_repair.SIZE_REPAIRS_FILE).read_text())
+    assert sorted((row["split"], row["file_name"], row["repair"]) for row in rows) == sorted(
+        [("train", f"train_{i}.png", fault.repair) for i, fault in enumerate(FAULTS.values(), start=1)]
+        + [("validation", "validation_1.png", JSON_SIZE_SET)])
+    assert (tmp_path / "run" / "model.safetensors").exists()
