@@ -36,6 +36,23 @@ IMAGE_SIZE, BATCH_SIZE, STEPS, LEARNING_RATE = 64, 8, 10, 3e-4  # test_train.py'
 LOSS_RTOL, GRAD_TOL = 5e-6, 1e-5
 
 
+def assert_step_agrees(step: int, actual: tuple, expected: tuple, names: tuple[str, ...], loss_rtol: float,
+                       grad_tol: float) -> None:
+    """(loss, loss_dict, gradients) of one step against the expected ones: every term relative to itself, every
+    gradient relative to the largest expected gradient entry. The backward's rounding scales with the values flowing
+    through it, and some gradients are 0 in exact arithmetic (attention ignores a key bias), so their computed ~1e-9
+    is rounding that no per-tensor relative tolerance bounds."""
+    (loss, loss_dict, grads), (expected_loss, expected_dict, expected_grads) = actual, expected
+    for key, wanted in [("loss", expected_loss), *expected_dict.items()]:
+        value, wanted = (loss if key == "loss" else loss_dict[key]).detach(), wanted.detach()  # () each
+        relative = deviation(value, wanted, wanted.abs().clamp(min=1e-6))
+        assert relative <= loss_rtol, f"step {step}, {key}: {float(value)}, expected {float(wanted)}"
+    scale = torch.stack([g.abs().max() for g in expected_grads]).max()  # ()
+    for name, grad, wanted in zip(names, grads, expected_grads, strict=True):
+        relative = deviation(grad, wanted, scale)
+        assert relative <= grad_tol, f"step {step}, gradient of {name}: off by {relative:.1e} of the largest"
+
+
 def deviation(actual: Tensor, expected: Tensor, scale: Tensor) -> float:
     return float((actual.detach() - expected.detach()).abs().max() / scale)
 
@@ -90,17 +107,8 @@ def test_padded_loss_and_gradients_equal_stock_at_every_training_step(request, i
             grads = torch.autograd.grad(loss, parameters)
 
             assert list(loss_dict) == list(stock_dict)
-            for key, expected in [("loss", stock_loss), *stock_dict.items()]:
-                value, expected = (loss if key == "loss" else loss_dict[key]).detach(), expected.detach()  # () each
-                relative = deviation(value, expected, expected.abs().clamp(min=1e-6))
-                assert relative <= LOSS_RTOL, f"step {step}, {key}: {float(value)} vs stock {float(expected)}"
-            # Relative to the largest gradient entry: the backward's rounding scales with the values flowing through
-            # it, and some gradients are 0 in exact arithmetic (attention ignores a key bias), so their computed
-            # ~1e-9 is rounding that no per-tensor relative tolerance bounds.
-            scale = torch.stack([g.abs().max() for g in stock_grads]).max()  # ()
-            for name, grad, stock_grad in zip(training.names, grads, stock_grads, strict=True):
-                relative = deviation(grad, stock_grad, scale)
-                assert relative <= GRAD_TOL, f"step {step}, gradient of {name}: off by {relative:.1e} of the largest"
+            assert_step_agrees(step, (loss, loss_dict, grads), (stock_loss, stock_dict, stock_grads), training.names,
+                               LOSS_RTOL, GRAD_TOL)
 
             for parameter, grad in zip(parameters, grads, strict=True):
                 parameter.grad = grad

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import DEALT_CANVAS_RUN_ARGUMENTS
 from entry_runs import entry_argv, entry_command, final_weights, kill_after_checkpoint, run_in_process
-from test_buckets_equivalence import Training, deviation
+from test_buckets_equivalence import Training, assert_step_agrees
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from detr_ft.config import FlagError, parse_arguments
@@ -96,14 +96,8 @@ def test_compiled_losses_and_gradients_equal_the_eager_ones_at_every_step(aspect
         compiled_loss, compiled_dict = criterion(forward(**images), batch["labels"])
         compiled_grads = torch.autograd.grad(compiled_loss, parameters)
 
-        for key, expected in [("loss", loss), *loss_dict.items()]:
-            value, expected = (compiled_loss if key == "loss" else compiled_dict[key]).detach(), expected.detach()
-            relative = deviation(value, expected, expected.abs().clamp(min=1e-6))
-            assert relative <= LOSS_RTOL, f"step {step}, {key}: compiled {float(value)}, eager {float(expected)}"
-        scale = torch.stack([grad.abs().max() for grad in grads]).max()  # ()
-        for name, grad, compiled_grad in zip(training.names, grads, compiled_grads, strict=True):
-            relative = deviation(compiled_grad, grad, scale)
-            assert relative <= GRAD_TOL, f"step {step}, gradient of {name}: off by {relative:.1e} of the largest"
+        assert_step_agrees(step, (compiled_loss, compiled_dict, compiled_grads), (loss, loss_dict, grads),
+                           training.names, LOSS_RTOL, GRAD_TOL)
         for parameter, grad in zip(parameters, grads, strict=True):
             parameter.grad = grad
         training.optimizer.step()

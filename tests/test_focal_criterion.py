@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_loss_equivalence import make_targets
 from transformers import ConditionalDetrConfig, DeformableDetrConfig
 from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher
 from transformers.loss.loss_utils import LOSS_MAPPING
@@ -38,19 +39,6 @@ def make_config(family: str, auxiliary_loss: bool):
 def stock_loss_function(family: str):
     """The loss transformers' forward of that family calls (`model.loss_function`)."""
     return LOSS_MAPPING[MODEL_CLASSES[family]]
-
-
-def make_targets(counts: list[int], generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
-    targets = []
-    for index, count in enumerate(counts):
-        centers = torch.rand(count, 2, generator=generator) * 0.6 + 0.2  # (n, 2)
-        sizes = torch.rand(count, 2, generator=generator) * 0.3 + 0.05  # (n, 2)
-        targets.append({
-            "class_labels": torch.randint(0, NUM_LABELS, (count,), generator=generator),  # (n,)
-            "boxes": torch.cat([centers, sizes], dim=1),  # (n, 4)
-            "image_index": torch.tensor(index),
-        })
-    return targets
 
 
 def make_layers(batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
